@@ -1,0 +1,181 @@
+"""`EmCoTConfig`: the whole model's configuration, with typed sub-configs and presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from emcot.attention import ATTENTION_BACKENDS
+from emcot.experts.config import EXPERT_NAMES, ExpertConfig
+from emcot.flow import FlowSamplerConfig
+from emcot.tokenizers.actions import ActionSpaceConfig
+from emcot.tokenizers.vae import VAEConfig
+from emcot.tokenizers.vision_config import VisionEncoderConfig
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and the flow-matching time distributions used in training.
+
+    Stage 1 of the HALO recipe weighs text / subgoal / action as 0.25 / 0.5 / 1.0; stage 2 uses
+    equal weights.
+    """
+
+    text_weight: float = 1.0
+    subgoal_weight: float = 1.0
+    action_weight: float = 1.0
+    action_loss: str = "l1"
+    subgoal_time_distribution: str = "logit_normal"
+    subgoal_time_shift: float = 1.0
+    action_time_distribution: str = "logit_normal"
+    action_time_shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.action_loss not in ("l1", "mse"):
+            raise ValueError(f"action_loss must be 'l1' or 'mse', got '{self.action_loss}'")
+        for name in ("text_weight", "subgoal_weight", "action_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LossConfig.{name} must be ≥ 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        """JSON-safe dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LossConfig:
+        """Inverse of :meth:`to_dict`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown LossConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+# Each entry: (attribute, class, optional). Optional sub-configs may be None (e.g. a text-only model).
+_SUB_CONFIGS: tuple[tuple[str, type, bool], ...] = (
+    ("vision", VisionEncoderConfig, True),
+    ("vae", VAEConfig, True),
+    ("action", ActionSpaceConfig, False),
+    ("loss", LossConfig, False),
+    ("subgoal_sampler", FlowSamplerConfig, False),
+    ("action_sampler", FlowSamplerConfig, False),
+)
+
+
+def _as(cls: type, value: Any, optional: bool, name: str):
+    if value is None:
+        return None if optional else cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    raise ValueError(f"EmCoTConfig.{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
+class EmCoTConfig(PretrainedConfig):
+    """Configuration of an :class:`emcot.EmCoTModel`.
+
+    Holds one :class:`ExpertConfig` per expert (``und``, ``gen``, ``act``), the vocabulary and
+    RoPE settings shared by the backbone, and the sub-configs of the understanding-image
+    encoder (``vision``), the subgoal latent codec (``vae``), the action space, the losses and the
+    two flow samplers. Use :meth:`from_preset` for the named sizes.
+    """
+
+    model_type = "emcot"
+
+    def __init__(
+        self,
+        experts: dict[str, ExpertConfig | dict] | None = None,
+        vocab_size: int = 151936,
+        tie_word_embeddings: bool = True,
+        rope_theta: float = 1_000_000.0,
+        attention_backend: str = "sdpa",
+        connector_hidden_act: str = "gelu_pytorch_tanh",
+        timestep_frequency_dim: int = 256,
+        subgoal_vit_copy: bool = True,
+        vision: VisionEncoderConfig | dict | None = None,
+        vae: VAEConfig | dict | None = None,
+        action: ActionSpaceConfig | dict | None = None,
+        loss: LossConfig | dict | None = None,
+        subgoal_sampler: FlowSamplerConfig | dict | None = None,
+        action_sampler: FlowSamplerConfig | dict | None = None,
+        **kwargs,
+    ) -> None:
+        experts = experts or {name: ExpertConfig() for name in EXPERT_NAMES}
+        missing = [name for name in EXPERT_NAMES if name not in experts]
+        unknown = [name for name in experts if name not in EXPERT_NAMES]
+        if missing or unknown:
+            raise ValueError(
+                f"experts must be exactly {list(EXPERT_NAMES)}; missing {missing}, unknown {unknown}"
+            )
+        self.experts = {
+            name: cfg if isinstance(cfg, ExpertConfig) else ExpertConfig.from_dict(cfg)
+            for name, cfg in experts.items()
+        }
+        signatures = {name: cfg.attention_signature for name, cfg in self.experts.items()}
+        if len(set(signatures.values())) != 1:
+            raise ValueError(
+                "all experts share one attention, so (hidden_size, num_layers, num_heads, num_kv_heads, head_dim) "
+                f"must agree; got {signatures}"
+            )
+        if attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {ATTENTION_BACKENDS}, got '{attention_backend}'"
+            )
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.rope_theta = float(rope_theta)
+        self.attention_backend = attention_backend
+        self.connector_hidden_act = connector_hidden_act
+        self.timestep_frequency_dim = timestep_frequency_dim
+        self.subgoal_vit_copy = subgoal_vit_copy
+        for name, cls, optional in _SUB_CONFIGS:
+            value = locals()[name]
+            if name == "subgoal_sampler" and value is None:
+                value = FlowSamplerConfig.subgoal()
+            if name == "action_sampler" and value is None:
+                value = FlowSamplerConfig.actions()
+            setattr(self, name, _as(cls, value, optional, name))
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream, shared by all experts."""
+        return self.experts["und"].hidden_size
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Depth of the backbone."""
+        return self.experts["und"].num_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise, turning typed sub-configs into plain dictionaries."""
+        out = super().to_dict()
+        out["experts"] = {name: cfg.to_dict() for name, cfg in self.experts.items()}
+        for name, _, _ in _SUB_CONFIGS:
+            value = getattr(self, name)
+            out[name] = None if value is None else value.to_dict()
+        return out
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> EmCoTConfig:
+        """A named configuration: ``"tiny"`` (CPU-friendly, a few M parameters) or ``"halo-4.5b"``."""
+        from emcot.presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset '{name}'; available presets: {sorted(PRESETS)}")
+        kwargs = PRESETS[name]()
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+def _register() -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.register(EmCoTConfig.model_type, EmCoTConfig, exist_ok=True)
+
+
+_register()
