@@ -1,0 +1,126 @@
+"""One plan builder for training and generation (DESIGN §3: no train/test layout mismatch).
+
+A trace sample is laid out as::
+
+    [vit cam…] [state] [prompt … <|think_start|>] [reasoning … <|think_end|>]
+    [<|vision_start|>] [subgoal noisy] [subgoal clean] [subgoal vit] [<|vision_end|>]
+    [<|action_start|>] [actions noisy]
+
+``reason`` mode drops the subgoal block, ``reactive`` also the reasoning. Generation calls the
+same functions stage by stage, so its final plan equals the teacher-forced one segment by segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emcot.sequence import AttnMode, Modality, Segment
+
+TRACE_MODES = ("full", "reason", "reactive")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Marker token ids the planner places around each stage."""
+
+    think_start: int
+    think_end: int
+    vision_start: int
+    vision_end: int
+    action_start: int
+    eos: int
+
+
+def check_mode(mode: str) -> str:
+    """Validate a trace mode name."""
+    if mode not in TRACE_MODES:
+        raise ValueError(f"unknown mode '{mode}'; choose one of {TRACE_MODES}")
+    return mode
+
+
+def text(ids: list[int], role: str, loss: bool = False) -> tuple[Segment, list[int]]:
+    """A causal text segment with its token ids."""
+    return Segment(Modality.TEXT, AttnMode.CAUSAL, len(ids), loss, role), list(ids)
+
+
+def observation_segments(vit_lengths: list[int], has_state: bool) -> list[Segment]:
+    """One full ViT segment per camera, then the state token."""
+    segments = [Segment(Modality.VIT, AttnMode.FULL, n, False, "camera") for n in vit_lengths]
+    if has_state:
+        segments.append(Segment(Modality.STATE, AttnMode.FULL, 1, False, "state"))
+    return segments
+
+
+def prompt_ids(framed_instruction: list[int], mode: str, special: SpecialIds) -> list[int]:
+    """The instruction in its chat frame, followed by ``<|think_start|>`` when the mode reasons."""
+    return list(framed_instruction) + ([special.think_start] if mode != "reactive" else [])
+
+
+def reasoning_ids(reasoning: list[int], special: SpecialIds) -> list[int]:
+    """Reasoning tokens closed by ``<|think_end|>`` (the model learns to stop)."""
+    return list(reasoning) + [special.think_end]
+
+
+def subgoal_segments(num_latent_tokens: int, vit_copy_tokens: int, loss: bool = True) -> dict[str, Segment]:
+    """The subgoal block: noisy latents (flow loss), clean latent copy, optional clean ViT copy."""
+    out = {
+        "noisy": Segment(Modality.LATENT, AttnMode.NOISE, num_latent_tokens, loss, "subgoal_noisy"),
+        "clean": Segment(Modality.LATENT, AttnMode.FULL, num_latent_tokens, False, "subgoal_clean"),
+    }
+    if vit_copy_tokens:
+        out["vit"] = Segment(Modality.VIT, AttnMode.FULL, vit_copy_tokens, False, "subgoal_vit")
+    return out
+
+
+def action_segment(horizon: int, loss: bool = True) -> Segment:
+    """The noisy action chunk, one token per step."""
+    return Segment(Modality.ACTION, AttnMode.NOISE, horizon, loss, "actions")
+
+
+@dataclass
+class TraceLayout:
+    """Segments of one trace sample, each with the text ids it carries (empty for non-text)."""
+
+    segments: list[Segment]
+    text_ids: list[list[int]]
+
+
+def trace_layout(
+    *,
+    mode: str,
+    vit_lengths: list[int],
+    has_state: bool,
+    framed_instruction: list[int],
+    special: SpecialIds,
+    reasoning: list[int] | None,
+    subgoal_tokens: int,
+    subgoal_vit_tokens: int,
+    horizon: int,
+    text_loss: bool = True,
+) -> TraceLayout:
+    """The complete layout of a trace; training uses it whole, generation reaches the same one."""
+    check_mode(mode)
+    segments: list[Segment] = observation_segments(vit_lengths, has_state)
+    ids: list[list[int]] = [[] for _ in segments]
+
+    def add(segment: Segment, tokens: list[int] | None = None) -> None:
+        segments.append(segment)
+        ids.append(tokens or [])
+
+    add(*text(prompt_ids(framed_instruction, mode, special), "prompt"))
+    if mode != "reactive":
+        if reasoning is None:
+            raise ValueError(
+                f"mode '{mode}' needs reasoning text; use mode='reactive' for action-only samples"
+            )
+        add(*text(reasoning_ids(reasoning, special), "reasoning", loss=text_loss))
+    if mode == "full":
+        block = subgoal_segments(subgoal_tokens, subgoal_vit_tokens)
+        add(*text([special.vision_start], "vision_start"))
+        for segment in block.values():
+            add(segment)
+        add(*text([special.vision_end, special.action_start], "action_start"))
+    else:
+        add(*text([special.action_start], "action_start"))
+    add(action_segment(horizon))
+    return TraceLayout(segments, ids)

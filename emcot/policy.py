@@ -1,0 +1,169 @@
+"""`EmCoTPolicy`: a model with its codecs, normalisation statistics and generation defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emcot.generation import GenerationOptions, TraceGenerator
+from emcot.modeling import EmCoTModel
+from emcot.processor import EmCoTProcessor
+from emcot.trace import Trace, TraceEvent
+from emcot.types import EmCoTSample, Observation
+
+GENERATION_FILE = "generation_config.json"
+DEFAULT_POLICY = Path(__file__).parent / "assets" / "default_policy"
+
+
+class EmCoTPolicy:
+    """Reason → imagine a subgoal → act, from camera images, a robot state and an instruction.
+
+    >>> policy = EmCoTPolicy.default()
+    >>> trace = policy.generate_trace(policy.example_observation(), "push the red block to the left", seed=0)
+    >>> trace.actions.shape
+    (8, 4)
+    """
+
+    def __init__(
+        self, model: EmCoTModel, processor: EmCoTProcessor, generation: GenerationOptions | None = None
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.generation = generation or GenerationOptions()
+        self._generator = TraceGenerator(model, processor)
+
+    @property
+    def config(self):
+        """The model's :class:`EmCoTConfig`."""
+        return self.model.config
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera names the policy reads, in order."""
+        return self.processor.cameras
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EmCoTPolicy:
+        """Move the model (in place) and return the policy."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def generate_trace(
+        self,
+        observation: Observation,
+        instruction: str,
+        mode: str | None = None,
+        seed: int | None = None,
+        **options,
+    ) -> Trace:
+        """One control step: reasoning text, subgoal image (``mode="full"``) and an action chunk.
+
+        ``mode``: ``"full"``, ``"reason"`` (no subgoal) or ``"reactive"`` (actions only). Other
+        keyword options override the saved :class:`GenerationOptions` (e.g. ``subgoal_steps``,
+        ``text_guidance``, ``max_reasoning_tokens``, ``robot``). The same ``seed`` gives the same trace.
+        """
+        for event in self.stream_trace(observation, instruction, mode=mode, seed=seed, **options):
+            if event.kind == "done":
+                return event.trace
+        raise RuntimeError("trace generation ended without a result")
+
+    def stream_trace(
+        self,
+        observation: Observation,
+        instruction: str,
+        mode: str | None = None,
+        seed: int | None = None,
+        **options,
+    ) -> Iterator[TraceEvent]:
+        """Like :meth:`generate_trace`, yielding ``reasoning`` text pieces, the ``subgoal``, the
+        ``actions`` and finally ``done`` with the whole :class:`Trace`."""
+        if mode is not None:
+            options["mode"] = mode
+        opts = self.generation.replace(**options)
+        return self._generator.stream(observation, instruction, opts, seed)
+
+    def example_observation(self, seed: int = 0) -> Observation:
+        """A valid observation for this policy: every camera at a typical size, a state of the right size."""
+        rng = np.random.default_rng(seed)
+        side = min(self.config.vision.max_side_px, 64)
+        images = {name: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for name in self.cameras}
+        state_dim = self.config.action.state_dim
+        state = None
+        if state_dim:
+            stats = self.processor.norm_stats.for_robot(self.processor.settings.robot)["state"]
+            state = stats.mean.astype(np.float32) if stats is not None else np.zeros(state_dim, np.float32)
+        return Observation(images=images, state=state)
+
+    def collator(self):
+        """A :class:`emcot.batch.TraceCollator` packing :class:`EmCoTSample` s for training."""
+        from emcot.batch import TraceCollator
+
+        return TraceCollator(self.processor)
+
+    def compute_losses(self, samples: Sequence[EmCoTSample], generator: torch.Generator | None = None):
+        """Teacher-forced losses of a packed batch of samples (see :func:`emcot.trace_forward.compute_losses`)."""
+        from emcot.trace_forward import compute_losses
+
+        return compute_losses(self.model, self.collator()(samples), generator)
+
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_size: str | int = "2GB") -> Path:
+        """Write the whole policy into one folder, atomically (a temporary folder, then a rename)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            self.processor.save_pretrained(tmp)
+            data = dataclasses.asdict(self.generation)
+            (tmp / GENERATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        robot: str | None = None,
+    ) -> EmCoTPolicy:
+        """Load a policy folder written by :meth:`save_pretrained`.
+
+        ``torch_dtype`` casts the weights; ``robot`` picks which normalisation statistics to use
+        (a clear error lists the available robots).
+        """
+        from emcot.checkpoint import load_model
+
+        folder = Path(folder) / subfolder if subfolder else Path(folder)
+        model = load_model(folder, torch_dtype=torch_dtype, device=device)
+        processor = EmCoTProcessor.from_pretrained(folder, model.config)
+        if robot is not None:
+            processor.norm_stats.for_robot(robot)
+            processor.settings.robot = robot
+        generation = GenerationOptions()
+        if (folder / GENERATION_FILE).is_file():
+            generation = GenerationOptions(**json.loads((folder / GENERATION_FILE).read_text()))
+        return cls(model, processor, generation)
+
+    @classmethod
+    def default(cls) -> EmCoTPolicy:
+        """The bundled tiny policy (trained on the package's synthetic pushing task)."""
+        if not (DEFAULT_POLICY / "config.json").is_file():
+            raise ValueError(
+                f"the bundled default policy is missing from {DEFAULT_POLICY}; "
+                "recreate it with `python scripts/make_default_policy.py`"
+            )
+        return cls.from_pretrained(DEFAULT_POLICY)

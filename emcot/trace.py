@@ -1,0 +1,67 @@
+"""`Trace`: what one control step produced, and the events `stream_trace` yields on the way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Trace:
+    """Reasoning text, visual subgoal (or None) and an action chunk in robot units, with stage timings."""
+
+    reasoning: str
+    subgoal: Image.Image | None
+    actions: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    mode: str = "full"
+    instruction: str = ""
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``reasoning.txt``, ``subgoal.png`` (if any) and ``trace.json`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "reasoning.txt").write_text(self.reasoning + "\n")
+        if self.subgoal is not None:
+            self.subgoal.save(folder / "subgoal.png")
+        payload = {
+            "instruction": self.instruction,
+            "mode": self.mode,
+            "reasoning": self.reasoning,
+            "actions": np.asarray(self.actions).tolist(),
+            "timings": self.timings,
+            "subgoal": "subgoal.png" if self.subgoal is not None else None,
+        }
+        (folder / "trace.json").write_text(json.dumps(payload, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Trace:
+        """Read a trace written by :meth:`save`."""
+        folder = Path(folder)
+        data = json.loads((folder / "trace.json").read_text())
+        subgoal = Image.open(folder / data["subgoal"]).convert("RGB") if data["subgoal"] else None
+        return cls(
+            reasoning=data["reasoning"],
+            subgoal=subgoal,
+            actions=np.asarray(data["actions"], dtype=np.float32),
+            timings=data["timings"],
+            mode=data["mode"],
+            instruction=data["instruction"],
+        )
+
+
+@dataclass
+class TraceEvent:
+    """One streamed piece: ``kind`` is ``"reasoning"`` (``text`` holds the new characters),
+    ``"subgoal"`` (``image``), ``"actions"`` (``actions``) or ``"done"`` (``trace``)."""
+
+    kind: str
+    text: str = ""
+    image: Image.Image | None = None
+    actions: np.ndarray | None = None
+    trace: Trace | None = None
