@@ -1,15 +1,16 @@
-"""Samples → packed `TraceBatch`: one sequence holding several samples, with everything the forward needs."""
+"""Samples of every kind (trace, action-only, VQA, visual generation) → packed `TraceBatch`: one
+sequence holding several samples, with everything the forward needs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 from PIL import Image
 
-from emcot.planner import TraceLayout, trace_layout
+from emcot.planner import TraceLayout, check_kind, generation_layout, trace_layout, vqa_layout
 from emcot.processor import EmCoTProcessor
 from emcot.sequence import Modality, SequencePlan
 from emcot.types import EmCoTSample
@@ -21,7 +22,8 @@ class TraceBatch:
 
     ``latent_image_index[j]`` names the row of ``latent_images`` shown by latent segment j (a
     noisy subgoal and its clean copy share one). ``text_loss_positions`` are the token positions
-    whose logits predict ``text_loss_targets``.
+    whose logits predict ``text_loss_targets``. ``key_drop`` (bool per token, or None) hides
+    condition tokens dropped for guidance training from every other segment.
     """
 
     plan: SequencePlan
@@ -35,6 +37,7 @@ class TraceBatch:
     action_pad: torch.Tensor
     text_loss_positions: torch.Tensor
     text_loss_targets: torch.Tensor
+    key_drop: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TraceBatch:
         """Move tensors (casting floating ones to ``dtype`` when given)."""
@@ -68,11 +71,61 @@ def resize_uint8(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC))
 
 
-class TraceCollator:
-    """Turns :class:`EmCoTSample` lists into packed :class:`TraceBatch` es with the shared planner."""
+@dataclass(frozen=True)
+class ConditionDropout:
+    """Probabilities of dropping a generation sample's conditions, so guidance works at inference.
 
-    def __init__(self, processor: EmCoTProcessor) -> None:
+    ``text`` hides the prompt from the noisy target (as the no-text guidance branch does), ``vit``
+    removes the context frames' ViT segments and ``vae`` their clean latent copies (as the no-image
+    branch does). Trace and VQA samples are never dropped.
+    """
+
+    text: float = 0.0
+    vit: float = 0.0
+    vae: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("text", "vit", "vae"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ConditionDropout.{name} must be in [0, 1], got {value}")
+
+
+def sample_kind(sample: EmCoTSample) -> str:
+    """``metadata["kind"]``: ``trace`` (default; action-only when it has no reasoning), ``vqa`` or ``generation``."""
+    return check_kind(sample.metadata.get("kind", "trace"))
+
+
+def vqa_turns(sample: EmCoTSample) -> list[tuple[str, str]]:
+    """``metadata["turns"]`` as (question, answer) pairs, else the single pair (instruction, reasoning)."""
+    turns = sample.metadata.get("turns")
+    if turns is None:
+        if sample.reasoning is None:
+            raise ValueError("a VQA sample needs an answer: set reasoning or metadata['turns']")
+        return [(sample.instruction, sample.reasoning)]
+    return [(str(q), str(a)) for q, a in turns]
+
+
+@dataclass
+class _Encoded:
+    """One sample's layout and its inputs in plan order (``latent_refs``: per latent segment, an index into ``latents``)."""
+
+    layout: TraceLayout
+    vit: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)
+    state: torch.Tensor | None = None
+    latents: list[torch.Tensor] = field(default_factory=list)
+    latent_refs: list[int] = field(default_factory=list)
+    action: torch.Tensor | None = None
+    pad: torch.Tensor | None = None
+    drop: list[bool] = field(default_factory=list)
+
+
+class TraceCollator:
+    """Turns :class:`EmCoTSample` lists of any kind into packed :class:`TraceBatch` es with the shared planner."""
+
+    def __init__(self, processor: EmCoTProcessor, dropout: ConditionDropout | None = None) -> None:
         self.processor = processor
+        self.dropout = dropout or ConditionDropout()
         config = processor.config
         if config.vae is None:
             self.latent_grid = (0, 0)
@@ -80,6 +133,11 @@ class TraceCollator:
             ds, p = config.vae.downsample, config.vae.patch_size
             h, w = config.vae.image_size
             self.latent_grid = (h // ds // p, w // ds // p)
+
+    @property
+    def latent_tokens(self) -> int:
+        """Tokens of one VAE image."""
+        return self.latent_grid[0] * self.latent_grid[1]
 
     def layout_for(
         self, sample: EmCoTSample, mode: str, vit_lengths: list[int], subgoal_vit: int
@@ -94,85 +152,156 @@ class TraceCollator:
             framed_instruction=proc.tokenizer.frame_prompt(proc.check_instruction(sample.instruction)),
             special=proc.special,
             reasoning=reasoning,
-            subgoal_tokens=self.latent_grid[0] * self.latent_grid[1],
+            subgoal_tokens=self.latent_tokens,
             subgoal_vit_tokens=subgoal_vit,
             horizon=proc.config.action.horizon,
         )
 
-    def __call__(self, samples: Sequence[EmCoTSample]) -> TraceBatch:
+    def num_tokens(self, sample: EmCoTSample) -> int:
+        """Sequence length of ``sample`` before condition dropout (the packer's unit); encodes no image."""
+        return sum(s.length for s in self._encode(sample, None, encode=False).layout.segments)
+
+    def __call__(self, samples: Sequence[EmCoTSample], rng: np.random.Generator | None = None) -> TraceBatch:
+        """Pack ``samples``; ``rng`` draws condition dropout (a fresh generator when None)."""
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
+        rng = rng if rng is not None else np.random.default_rng()
+        return self._pack([self._encode(sample, rng) for sample in samples])
+
+    def _grid(self, image: np.ndarray) -> tuple[int, int]:
+        h, w = self.processor.vision.target_size(*np.asarray(image).shape[:2])
+        p = self.processor.config.vision.patch_size
+        return h // p, w // p
+
+    def _vit(self, image: np.ndarray, encode: bool) -> tuple[torch.Tensor | None, tuple[int, int]]:
+        return self.processor.vision(image) if encode else (None, self._grid(image))
+
+    def _encode(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool = True) -> _Encoded:
+        kind = sample_kind(sample)
+        if kind == "vqa":
+            return self._encode_vqa(sample, encode)
+        if kind == "generation":
+            return self._encode_generation(sample, rng, encode)
+        return self._encode_trace(sample, encode)
+
+    def _vae_image(self, image: np.ndarray) -> np.ndarray:
+        if self.processor.config.vae is None:
+            raise ValueError("this sample needs a VAE image but the model has no VAE (config.vae is None)")
+        return resize_uint8(np.asarray(image), self.processor.config.vae.image_size)
+
+    def _encode_trace(self, sample: EmCoTSample, encode: bool) -> _Encoded:
         proc, config = self.processor, self.processor.config
-        plans, text_ids, vit_patches, vit_grids, states = [], [], [], [], []
-        latent_images, latent_index, actions, pads = [], [], [], []
-        for sample in samples:
-            mode = sample_mode(sample)
-            if mode == "full" and config.vae is None:
-                raise ValueError("sample has a subgoal image but the model has no VAE (config.vae is None)")
-            proc.validate_observation(sample.observation)
-            if sample.actions is None:
-                raise ValueError(
-                    "trace samples need an action chunk; VQA samples go through the VQA collator"
-                )
-            patches, grids = proc.encode_cameras(sample.observation)
-            vit_patches.append(patches)
-            vit_grids += grids
-            subgoal_vit = 0
-            if mode == "full":
-                subgoal = resize_uint8(np.asarray(sample.subgoal), config.vae.image_size)
-                latent_images.append(proc_latent(subgoal))
-                latent_index += [len(latent_images) - 1] * 2
-                if config.subgoal_vit_copy:
-                    sub_patches, sub_grid = proc.vision(subgoal)
-                    subgoal_vit = sub_grid[0] * sub_grid[1]
-            layout = self.layout_for(sample, mode, [h * w for h, w in grids], subgoal_vit)
-            if mode == "full" and config.subgoal_vit_copy:
-                vit_patches.append(sub_patches)
-                vit_grids.append(sub_grid)
-            state = proc.encode_state(sample.observation, sample.robot)
-            if state is not None:
-                states.append(state)
-            actions.append(proc.encode_actions(sample.actions, sample.robot))
+        mode = sample_mode(sample)
+        proc.validate_observation(sample.observation)
+        if sample.actions is None:
+            raise ValueError(
+                "trace samples need an action chunk; mark VQA samples with metadata['kind'] = 'vqa'"
+            )
+        vit = [self._vit(sample.observation.images[name], encode) for name in proc.cameras]
+        latents: list[torch.Tensor] = []
+        subgoal_vit = None
+        if mode == "full":
+            subgoal = self._vae_image(sample.subgoal)
+            latents.append(proc_latent(subgoal) if encode else torch.zeros(0))
+            if config.subgoal_vit_copy:
+                subgoal_vit = self._vit(subgoal, encode)
+        layout = self.layout_for(
+            sample,
+            mode,
+            [h * w for _, (h, w) in vit],
+            subgoal_vit[1][0] * subgoal_vit[1][1] if subgoal_vit else 0,
+        )
+        out = _Encoded(layout, vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
+        out.latent_refs = [0, 0] if mode == "full" else []
+        out.drop = [False] * len(layout.segments)
+        if encode:
+            out.state = proc.encode_state(sample.observation, sample.robot)
+            out.action = proc.encode_actions(sample.actions, sample.robot)
             pad = sample.metadata.get("is_pad")
-            pads.append(
+            out.pad = (
                 torch.as_tensor(pad, dtype=torch.bool)
                 if pad is not None
                 else torch.zeros(len(sample.actions), dtype=torch.bool)
             )
-            plans.append(SequencePlan(layout.segments))
-            text_ids.append(layout.text_ids)
-        return self._pack(
-            plans, text_ids, vit_patches, vit_grids, states, latent_images, latent_index, actions, pads
-        )
+        return out
 
-    def _pack(
-        self, plans, text_ids, vit_patches, vit_grids, states, latent_images, latent_index, actions, pads
-    ):
-        plan = SequencePlan.pack(plans)
-        flat_ids, loss_pos, loss_tgt = [], [], []
+    def _encode_vqa(self, sample: EmCoTSample, encode: bool) -> _Encoded:
+        tok = self.processor.tokenizer
+        vit = [self._vit(image, encode) for image in sample.observation.images.values()]
+        turns = [(tok.frame_question(q), tok.encode(a)) for q, a in vqa_turns(sample)]
+        layout = vqa_layout(
+            vit_lengths=[h * w for _, (h, w) in vit], turns=turns, special=self.processor.special
+        )
+        return _Encoded(layout, vit, drop=[False] * len(layout.segments))
+
+    def _encode_generation(
+        self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool
+    ) -> _Encoded:
+        if sample.subgoal is None:
+            raise ValueError("a generation sample needs the frame to predict in `subgoal`")
+        frames = list(sample.observation.images.values())
+        drop = self.dropout
+        drop_text, drop_vit, drop_vae = (
+            (rng.random() < drop.text, rng.random() < drop.vit, rng.random() < drop.vae)
+            if rng is not None
+            else (False, False, False)
+        )
+        vit = [] if drop_vit else [self._vit(frame, encode) for frame in frames]
+        use_vae = sample.metadata.get("vae_context", True) and not drop_vae
+        context = [self._vae_image(frame) for frame in frames] if use_vae else []
+        target = self._vae_image(sample.subgoal)
+        prompt = self.processor.tokenizer.frame_question(self.processor.check_instruction(sample.instruction))
+        layout = generation_layout(
+            vit_lengths=[h * w for _, (h, w) in vit],
+            context_latents=len(context),
+            latent_tokens=self.latent_tokens,
+            framed_prompt=prompt,
+            special=self.processor.special,
+        )
+        images = context + [target]
+        out = _Encoded(layout, vit, latents=[proc_latent(im) if encode else torch.zeros(0) for im in images])
+        out.latent_refs = list(range(len(images)))
+        out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
+        return out
+
+    def _pack(self, encoded: list[_Encoded]) -> TraceBatch:
+        config = self.processor.config
+        plan = SequencePlan.pack([SequencePlan(e.layout.segments) for e in encoded])
+        flat_ids, loss_pos, loss_tgt, drop = [], [], [], []
         offset = 0
-        for segment, ids in zip(plan.segments, (ids for per_sample in text_ids for ids in per_sample)):
+        all_ids = (ids for e in encoded for ids in e.layout.text_ids)
+        all_drop = (d for e in encoded for d in e.drop)
+        for segment, ids, dropped in zip(plan.segments, all_ids, all_drop):
             if segment.modality is Modality.TEXT:
                 flat_ids += ids
                 if segment.loss:
                     loss_pos += range(offset - 1, offset + segment.length - 1)
                     loss_tgt += ids
+            drop += [dropped] * segment.length
             offset += segment.length
-        config = self.processor.config
-        vit_dim = config.vision.patch_dim
+        latent_images, latent_index = [], []
+        for e in encoded:
+            latent_index += [len(latent_images) + r for r in e.latent_refs]
+            latent_images += e.latents
+        vit = [v for e in encoded for v in e.vit]
+        states = [e.state for e in encoded if e.state is not None]
+        actions = [e.action for e in encoded if e.action is not None]
+        pads = [e.pad for e in encoded if e.action is not None]
+        act = config.action
         image_hw = config.vae.image_size if config.vae is not None else (1, 1)
         return TraceBatch(
             plan=plan,
             text_ids=torch.tensor(flat_ids, dtype=torch.long),
-            vit_patches=torch.cat(vit_patches) if vit_patches else torch.zeros(0, vit_dim),
-            vit_grids=vit_grids,
-            states=torch.stack(states) if states else torch.zeros(0, config.action.state_dim),
+            vit_patches=torch.cat([p for p, _ in vit]) if vit else torch.zeros(0, config.vision.patch_dim),
+            vit_grids=[g for _, g in vit],
+            states=torch.stack(states) if states else torch.zeros(0, act.state_dim),
             latent_images=torch.stack(latent_images) if latent_images else torch.zeros(0, 3, *image_hw),
             latent_image_index=latent_index,
-            actions=torch.stack(actions),
-            action_pad=torch.stack(pads),
+            actions=torch.stack(actions) if actions else torch.zeros(0, act.horizon, act.action_dim),
+            action_pad=torch.stack(pads) if pads else torch.zeros(0, act.horizon, dtype=torch.bool),
             text_loss_positions=torch.tensor(loss_pos, dtype=torch.long),
             text_loss_targets=torch.tensor(loss_tgt, dtype=torch.long),
+            key_drop=torch.tensor(drop, dtype=torch.bool) if any(drop) else None,
         )
 
 

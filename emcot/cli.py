@@ -156,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_annotate_arguments(annotate)
     annotate.set_defaults(func=run_annotate)
+
+    from emcot.convert_halo import add_convert_arguments, run_convert
+
+    convert = sub.add_parser("convert", help="convert checkpoints of other formats into emcot policies")
+    formats = convert.add_subparsers(dest="format", required=True)
+    halo = formats.add_parser(
+        "halo", help="an official HALO/BAGEL checkpoint folder → an emcot policy folder"
+    )
+    add_convert_arguments(halo)
+    halo.set_defaults(func=run_convert)
     return parser
 
 

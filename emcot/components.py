@@ -107,7 +107,9 @@ def llm_state_dict_to_ours(
     return out
 
 
-def build_from_components(cls, llm, vision, vae, preset, qk_norm, expert_overrides, overrides):
+def build_from_components(
+    cls, llm, vision, vae, preset, qk_norm, expert_overrides, vision_overrides, overrides
+):
     """Implementation of :meth:`EmCoTModel.from_components` (see there)."""
     from emcot.config import EmCoTConfig
     from emcot.experts.block import copy_expert_weights
@@ -134,7 +136,7 @@ def build_from_components(cls, llm, vision, vae, preset, qk_norm, expert_overrid
     if vision is not None:
         from emcot.tokenizers.vision import VisionEncoder
 
-        vision_encoder = VisionEncoder.from_pretrained(vision)
+        vision_encoder = VisionEncoder.from_pretrained(vision, **vision_overrides)
         kwargs["vision"] = vision_encoder.config
     if vae is not None:
         from emcot.tokenizers.vae import LatentCodec

@@ -247,6 +247,7 @@ class EmCoTModel(PreTrainedModel):
         preset: str = "halo-4.5b",
         qk_norm: bool | None = None,
         expert_overrides: dict[str, dict] | None = None,
+        vision_overrides: dict | None = None,
         **overrides,
     ) -> EmCoTModel:
         """Build a model from public component checkpoints (HALO's initialisation).
@@ -256,11 +257,15 @@ class EmCoTModel(PreTrainedModel):
         folder; ``vae``: a diffusers ``AutoencoderKL`` folder. Parts not given are initialised
         fresh with the sizes of ``preset``. ``expert_overrides`` changes per-expert settings (e.g.
         ``{"act": {"intermediate_size": 2048}}`` for a narrower action MLP, filled by slicing);
-        other keyword arguments override :class:`EmCoTConfig` fields.
+        ``vision_overrides`` changes the inferred encoder settings (HALO uses
+        ``{"drop_last_layer": True, "max_grid": 70}``); other keyword arguments override
+        :class:`EmCoTConfig` fields.
         """
         from emcot.components import build_from_components
 
-        return build_from_components(cls, llm, vision, vae, preset, qk_norm, expert_overrides, overrides)
+        return build_from_components(
+            cls, llm, vision, vae, preset, qk_norm, expert_overrides, vision_overrides or {}, overrides
+        )
 
 
 def _register() -> None:

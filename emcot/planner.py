@@ -8,6 +8,11 @@ A trace sample is laid out as::
 
 ``reason`` mode drops the subgoal block, ``reactive`` also the reasoning. Generation calls the
 same functions stage by stage, so its final plan equals the teacher-forced one segment by segment.
+
+Two more sample kinds share the pieces: VQA (``[image vit…] [question] [answer <|endoftext|>]…``,
+one question/answer pair per turn) and visual generation (``[frame vit…] [frame clean latents…]
+[prompt] [<|vision_start|>] [target noisy]``: the noisy target is the same segment a trace's subgoal
+uses, so future-frame prediction trains exactly what subgoal imagination runs).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from emcot.sequence import AttnMode, Modality, Segment
 
 TRACE_MODES = ("full", "reason", "reactive")
+SAMPLE_KINDS = ("trace", "vqa", "generation")
 
 
 @dataclass(frozen=True)
@@ -123,4 +129,60 @@ def trace_layout(
     else:
         add(*text([special.action_start], "action_start"))
     add(action_segment(horizon))
+    return TraceLayout(segments, ids)
+
+
+def check_kind(kind: str) -> str:
+    """Validate a sample kind name."""
+    if kind not in SAMPLE_KINDS:
+        raise ValueError(f"unknown sample kind '{kind}'; set metadata['kind'] to one of {SAMPLE_KINDS}")
+    return kind
+
+
+def vqa_layout(
+    *,
+    vit_lengths: list[int],
+    turns: list[tuple[list[int], list[int]]],
+    special: SpecialIds,
+    answer_loss: bool = True,
+) -> TraceLayout:
+    """Images, then per turn a framed question (no loss) and its answer closed by EOS (cross-entropy)."""
+    if not turns:
+        raise ValueError("a VQA sample needs at least one (question, answer) turn")
+    segments = [Segment(Modality.VIT, AttnMode.FULL, n, False, "image") for n in vit_lengths]
+    ids: list[list[int]] = [[] for _ in segments]
+    for question, answer in turns:
+        for segment, tokens in (
+            text(question, "question"),
+            text(list(answer) + [special.eos], "answer", loss=answer_loss),
+        ):
+            segments.append(segment)
+            ids.append(tokens)
+    return TraceLayout(segments, ids)
+
+
+def generation_layout(
+    *,
+    vit_lengths: list[int],
+    context_latents: int,
+    latent_tokens: int,
+    framed_prompt: list[int],
+    special: SpecialIds,
+) -> TraceLayout:
+    """Context frames (ViT, then ``context_latents`` clean VAE copies), the prompt, the noisy target.
+
+    Frames carry the role ``camera`` like a trace's observation, so image guidance drops them the
+    same way; the target is :func:`subgoal_segments`' noisy segment with the flow loss.
+    """
+    segments = observation_segments(vit_lengths, has_state=False)
+    segments += [
+        Segment(Modality.LATENT, AttnMode.FULL, latent_tokens, False, "context_latent")
+        for _ in range(context_latents)
+    ]
+    ids: list[list[int]] = [[] for _ in segments]
+    for segment, tokens in (text(framed_prompt, "prompt"), text([special.vision_start], "vision_start")):
+        segments.append(segment)
+        ids.append(tokens)
+    segments.append(subgoal_segments(latent_tokens, 0)["noisy"])
+    ids.append([])
     return TraceLayout(segments, ids)

@@ -135,7 +135,8 @@ def compute_losses(model, batch: TraceBatch, generator: torch.Generator | None =
     embeds = embed_segments(
         model, plan.segments, batch.text_ids, vit, batch.states, flows, latent_grid_of(model)
     )
-    hidden = model.run_plan(embeds, plan)[0]
+    key_drop = batch.key_drop if batch.key_drop is not None and bool(batch.key_drop.any()) else None
+    hidden = model.run_plan(embeds, plan, key_drop=key_drop)[0]
 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -167,3 +168,25 @@ def compute_losses(model, batch: TraceBatch, generator: torch.Generator | None =
     terms = {k: sums[k] / max(counts[k], 1) for k in sums}
     total = sum(weights[k] * terms[k] for k in terms)
     return LossOutput(loss=total, terms=terms, sums=sums, counts=counts)
+
+
+def loss_counts(batch: TraceBatch, config) -> dict[str, int]:
+    """The element counts :func:`compute_losses` will normalise by, known before the forward pass.
+
+    A trainer sums them over micro-batches and processes first, so every loss term is a mean over
+    the whole global batch however it is split.
+    """
+    counts: dict[str, int] = {}
+    if batch.text_loss_targets.numel():
+        counts["text"] = int(batch.text_loss_targets.numel())
+    action_i = 0
+    for seg in batch.plan.segments:
+        if seg.modality is Modality.ACTION:
+            pad = batch.action_pad[action_i]
+            action_i += 1
+            if seg.mode is AttnMode.NOISE and seg.loss:
+                counts["action"] = counts.get("action", 0) + int((~pad).sum()) * config.action.action_dim
+        elif seg.modality is Modality.LATENT and seg.mode is AttnMode.NOISE and seg.loss:
+            token_dim = config.vae.latent_channels * config.vae.patch_size**2
+            counts["subgoal"] = counts.get("subgoal", 0) + seg.length * token_dim
+    return counts
