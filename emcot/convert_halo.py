@@ -69,6 +69,7 @@ from emcot.experts.embeddings import grid_sincos
 from emcot.flow import FlowSamplerConfig
 from emcot.tokenizers.actions import ActionSpaceConfig, NormStats, RobotNormStats
 from emcot.tokenizers.vision_config import VisionEncoderConfig
+from emcot.tokenizers.vision_convert import SIGLIP_LAYER_RENAMES
 
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
 HALO_VIT_MIN_SIDE_PX = 378
@@ -82,16 +83,6 @@ _LAYER_KEY = re.compile(
 )
 _FINAL_NORM = re.compile(r"^language_model\.model\.norm(_moe_gen|_moe_act)?\.weight$")
 _VIT_LAYER = re.compile(r"^vit_model\.vision_model\.encoder\.layers\.(\d+)\.(.+)$")
-_VIT_LAYER_RENAMES = {
-    "layer_norm1": "norm1",
-    "layer_norm2": "norm2",
-    "self_attn.q_proj": "attn.q_proj",
-    "self_attn.k_proj": "attn.k_proj",
-    "self_attn.v_proj": "attn.v_proj",
-    "self_attn.out_proj": "attn.o_proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
 _PREFIX_RENAMES = {
     "language_model.model.embed_tokens.": "understanding.embed_tokens.",
     "language_model.lm_head.": "understanding.lm_head.",
@@ -121,8 +112,8 @@ def _our_key(key: str) -> str | None:
     m = _VIT_LAYER.match(key)
     if m:
         module, _, param = m[2].rpartition(".")
-        if module in _VIT_LAYER_RENAMES:
-            return f"vision.layers.{m[1]}.{_VIT_LAYER_RENAMES[module]}.{param}"
+        if module in SIGLIP_LAYER_RENAMES:
+            return f"vision.layers.{m[1]}.{SIGLIP_LAYER_RENAMES[module]}.{param}"
         return None
     # Longest prefix first, so "action_time_embedder." is not taken for "time_embedder.".
     for prefix in sorted(_PREFIX_RENAMES, key=len, reverse=True):

@@ -22,7 +22,8 @@ def tiny() -> dict:
         vision=VisionEncoderConfig.tiny(),
         vae=VAEConfig.tiny(),
         action=ActionSpaceConfig(action_dim=4, state_dim=4, horizon=8, norm_mode="mean_std"),
-        subgoal_sampler=FlowSamplerConfig.subgoal(num_steps=10),
+        # Guidance off: tiny models are trained without condition dropout unless a recipe adds it.
+        subgoal_sampler=FlowSamplerConfig.subgoal(num_steps=10, text_guidance=1.0, image_guidance=1.0),
         action_sampler=FlowSamplerConfig.actions(),
     )
 

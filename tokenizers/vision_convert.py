@@ -20,7 +20,8 @@ from transformers import Siglip2VisionConfig, SiglipVisionConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig
 
 _PATCH_KEY = "embeddings.patch_embedding.weight"
-_LAYER_RENAMES = {
+SIGLIP_LAYER_RENAMES = {
+    # transformers SigLIP layer module names → ours (shared with the HALO converter)
     "layer_norm1": "norm1",
     "layer_norm2": "norm2",
     "self_attn.q_proj": "attn.q_proj",
@@ -147,7 +148,7 @@ def vision_state_dict_from_hf(
             )
         out["pos_embed.weight"] = resize_position_table(table, config.max_grid)
         for i in range(config.effective_layers):
-            for theirs, ours in _LAYER_RENAMES.items():
+            for theirs, ours in SIGLIP_LAYER_RENAMES.items():
                 for param in ("weight", "bias"):
                     out[f"layers.{i}.{ours}.{param}"] = src[f"encoder.layers.{i}.{theirs}.{param}"]
         out["post_norm.weight"] = src["post_layernorm.weight"]
