@@ -84,6 +84,11 @@ def load_model(
     else:
         model = EmCoTModel(config)
     check_state_dict(model, state)
+    if low_memory:
+        # Fresh, allocator-aligned copies one tensor at a time: tensors viewed straight out of the
+        # file buffer can take other SIMD paths and change results in the last bit.
+        for key in list(state):
+            state[key] = state[key].clone()
     model.load_state_dict(state, strict=False, assign=low_memory)
     if config.tie_word_embeddings:
         model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
