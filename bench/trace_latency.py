@@ -1,6 +1,6 @@
 """Per-stage latency of trace generation with the bundled tiny policy (prints numbers, asserts nothing).
 
-    python bench/trace_latency.py [--repeats 20] [--threads 2]
+python bench/trace_latency.py [--repeats 20] [--threads 2]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from PIL import Image
 
 from emcot.planner import TraceLayout, check_kind, generation_layout, trace_layout, vqa_layout
 from emcot.processor import EmCoTProcessor
-from emcot.sequence import Modality, SequencePlan
+from emcot.sequence import AttnMode, Modality, Segment, SequencePlan
 from emcot.types import EmCoTSample
 
 
@@ -161,12 +161,31 @@ class TraceCollator:
         """Sequence length of ``sample`` before condition dropout (the packer's unit); encodes no image."""
         return sum(s.length for s in self._encode(sample, None, encode=False).layout.segments)
 
-    def __call__(self, samples: Sequence[EmCoTSample], rng: np.random.Generator | None = None) -> TraceBatch:
-        """Pack ``samples``; ``rng`` draws condition dropout (a fresh generator when None)."""
+    def __call__(
+        self,
+        samples: Sequence[EmCoTSample],
+        rng: np.random.Generator | None = None,
+        pad_to: int | None = None,
+    ) -> TraceBatch:
+        """Pack ``samples``; ``rng`` draws condition dropout (a fresh generator when None).
+
+        ``pad_to`` appends loss-free padding tokens to every sample up to that length, the layout of
+        a classic padded batch (for comparisons; packing needs no padding).
+        """
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         rng = rng if rng is not None else np.random.default_rng()
-        return self._pack([self._encode(sample, rng) for sample in samples])
+        encoded = [self._encode(sample, rng) for sample in samples]
+        if pad_to is not None:
+            for e in encoded:
+                missing = pad_to - sum(s.length for s in e.layout.segments)
+                if missing < 0:
+                    raise ValueError(f"a sample is longer than pad_to={pad_to}; pad to the longest sample")
+                if missing:
+                    e.layout.segments.append(Segment(Modality.TEXT, AttnMode.CAUSAL, missing, False, "pad"))
+                    e.layout.text_ids.append([self.processor.special.eos] * missing)
+                    e.drop.append(False)
+        return self._pack(encoded)
 
     def _grid(self, image: np.ndarray) -> tuple[int, int]:
         h, w = self.processor.vision.target_size(*np.asarray(image).shape[:2])

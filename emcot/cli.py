@@ -1,4 +1,4 @@
-"""The ``emcot`` command line: demo, generate, info, annotate (and more as the package grows)."""
+"""The ``emcot`` command line: demo, generate, info, train, annotate, convert."""
 
 from __future__ import annotations
 
@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_annotate_arguments(annotate)
     annotate.set_defaults(func=run_annotate)
+
+    from emcot.training.cli_train import add_train_arguments, run_train
+
+    train = sub.add_parser("train", help="train with a YAML recipe (a path or a shipped recipe name)")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
 
     from emcot.convert_halo import add_convert_arguments, run_convert
 

@@ -146,3 +146,89 @@ def build_synthetic_policy(
     model = EmCoTModel(config)
     settings = ProcessorConfig(cameras=[cfg.camera], robot="synthetic")
     return EmCoTPolicy(model, EmCoTProcessor(config, tokenizer, norm_stats_of(samples), settings))
+
+
+def synthetic_action_samples(n: int, cfg: SyntheticConfig | None = None, seed: int = 0) -> list[EmCoTSample]:
+    """Reactive (action-only) samples of the pushing task: no reasoning, no subgoal."""
+    out = synthetic_samples(n, cfg, seed)
+    for sample in out:
+        sample.reasoning, sample.subgoal = None, None
+    return out
+
+
+def synthetic_vqa_samples(n: int, cfg: SyntheticConfig | None = None, seed: int = 0) -> list[EmCoTSample]:
+    """VQA samples about the scene (``metadata["kind"] = "vqa"``), one or two turns each."""
+    out = []
+    for i, sample in enumerate(synthetic_samples(n, cfg, seed)):
+        color = sample.instruction.split()[2]
+        place = where(sample.observation.state[2:])
+        turns = [("What colour is the block?", f"The block is {color}.")]
+        if i % 2:
+            turns.append((f"Where is the {color} block?", f"The {color} block is at the {place}."))
+        out.append(
+            EmCoTSample(
+                observation=Observation(
+                    {"image": sample.observation.images[(cfg or SyntheticConfig()).camera]}
+                ),
+                instruction=turns[0][0],
+                reasoning=turns[0][1],
+                metadata={"kind": "vqa", "turns": turns},
+            )
+        )
+    return out
+
+
+def synthetic_generation_samples(
+    n: int, cfg: SyntheticConfig | None = None, seed: int = 0
+) -> list[EmCoTSample]:
+    """Future-frame prediction (``metadata["kind"] = "generation"``): current view + prompt → the pushed scene."""
+    out = []
+    for sample in synthetic_samples(n, cfg, seed):
+        out.append(
+            EmCoTSample(
+                observation=Observation(dict(sample.observation.images)),
+                instruction=f"Imagine the next scene: {sample.instruction}.",
+                subgoal=sample.subgoal,
+                metadata={"kind": "generation"},
+            )
+        )
+    return out
+
+
+def robot_vectors(sample: EmCoTSample, action_dim: int, state_dim: int, horizon: int):
+    """A pushing sample's state and actions mapped onto another robot's dimensions and horizon.
+
+    The first dimensions keep their meaning (gripper xy, block xy); extra dimensions are smooth
+    functions of them (height, opening), so a fine-tuned model can learn them.
+    """
+
+    def widen(x: np.ndarray, dim: int) -> np.ndarray:
+        extra = [0.5 + 0.25 * np.sin(3.0 * x[..., k % x.shape[-1]]) for k in range(max(dim - x.shape[-1], 0))]
+        return np.concatenate([x[..., :dim], *(e[..., None] for e in extra)], axis=-1).astype(np.float32)
+
+    chunk = sample.actions
+    steps = np.linspace(0, len(chunk) - 1, horizon)
+    lo = np.floor(steps).astype(int)
+    hi = np.minimum(lo + 1, len(chunk) - 1)
+    frac = (steps - lo)[:, None].astype(np.float32)
+    resampled = chunk[lo] * (1 - frac) + chunk[hi] * frac
+    return widen(sample.observation.state, state_dim), widen(resampled, action_dim)
+
+
+def synthetic_robot_samples(
+    n: int,
+    action_dim: int,
+    state_dim: int,
+    horizon: int,
+    cfg: SyntheticConfig | None = None,
+    seed: int = 0,
+    robot: str = "new_robot",
+) -> list[EmCoTSample]:
+    """EM-CoT samples of the pushing task for a robot with other action/state sizes and chunk horizon."""
+    out = []
+    for sample in synthetic_samples(n, cfg, seed):
+        state, actions = robot_vectors(sample, action_dim, state_dim, horizon)
+        sample.observation = Observation(sample.observation.images, state)
+        sample.actions, sample.robot = actions, robot
+        out.append(sample)
+    return out

@@ -86,3 +86,10 @@ def test_convert_halo_is_wired(tmp_path, capsys):
         main(["convert", "halo", "--help"])
     assert exit_info.value.code == 0 and "--base" in capsys.readouterr().out
     assert main(["convert", "halo", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+
+
+def test_train_is_wired(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0 and "--resume" in capsys.readouterr().out
+    assert main(["train", "no-such-recipe", "--max-steps", "1"]) == 2

@@ -1,0 +1,178 @@
+"""Sample kinds share the planner; packing fills token budgets deterministically; dropout and loss counts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emcot.batch import ConditionDropout, TraceCollator
+from emcot.planner import SpecialIds, generation_layout, subgoal_segments, vqa_layout
+from emcot.sequence import AttnMode, Modality
+from emcot.trace_forward import compute_losses, loss_counts
+from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
+from emcot.training.synthetic import (
+    build_synthetic_policy,
+    synthetic_action_samples,
+    synthetic_generation_samples,
+    synthetic_samples,
+    synthetic_vqa_samples,
+)
+from emcot.training.vqa import LlavaVQADataset, conversation_turns
+
+SPECIAL = SpecialIds(1, 2, 3, 4, 5, 0)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return build_synthetic_policy(synthetic_samples(8, seed=0))
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return (
+        synthetic_samples(3, seed=1)
+        + synthetic_action_samples(2, seed=2)
+        + synthetic_vqa_samples(3, seed=3)
+        + synthetic_generation_samples(2, seed=4)
+    )
+
+
+def test_vqa_layout_puts_loss_on_answers_only():
+    layout = vqa_layout(vit_lengths=[4], turns=[([7, 8], [9]), ([10], [11, 12])], special=SPECIAL)
+    roles = [s.role for s in layout.segments]
+    assert roles == ["image", "question", "answer", "question", "answer"]
+    assert [s.loss for s in layout.segments] == [False, False, True, False, True]
+    assert layout.text_ids[2] == [9, SPECIAL.eos]
+    with pytest.raises(ValueError, match="turn"):
+        vqa_layout(vit_lengths=[], turns=[], special=SPECIAL)
+
+
+def test_generation_layout_reuses_the_subgoal_noisy_segment():
+    layout = generation_layout(
+        vit_lengths=[4, 4], context_latents=2, latent_tokens=6, framed_prompt=[7, 8], special=SPECIAL
+    )
+    segs = layout.segments
+    assert [s.role for s in segs[:2]] == ["camera", "camera"]
+    assert [s.role for s in segs[2:4]] == ["context_latent"] * 2
+    assert segs[-1] == subgoal_segments(6, 0)["noisy"]
+    assert segs[-1].mode is AttnMode.NOISE and segs[-1].loss
+    assert layout.text_ids[-2] == [SPECIAL.vision_start]
+
+
+def test_collator_packs_every_kind_and_counts_match(policy, mixed):
+    collate = TraceCollator(policy.processor)
+    batch = collate(mixed)
+    assert batch.num_tokens == sum(collate.num_tokens(s) for s in mixed)
+    assert set(batch.plan.sample_ids) == set(range(len(mixed)))
+    assert batch.actions.shape[0] == 5 and batch.key_drop is None
+    out = compute_losses(policy.model, batch, torch.Generator().manual_seed(0))
+    assert set(out.terms) == {"text", "subgoal", "action"}
+    assert out.counts == loss_counts(batch, policy.model.config)
+    vqa_only = collate(synthetic_vqa_samples(2, seed=5))
+    assert loss_counts(vqa_only, policy.model.config).keys() == {"text"}
+    assert compute_losses(policy.model, vqa_only).terms.keys() == {"text"}
+
+
+def test_condition_dropout_hides_or_removes_conditions(policy):
+    sample = synthetic_generation_samples(1, seed=6)[0]
+    full = TraceCollator(policy.processor)([sample])
+    dropped = TraceCollator(policy.processor, ConditionDropout(text=1.0, vit=1.0, vae=1.0))(
+        [sample], rng=np.random.default_rng(0)
+    )
+    assert [s.role for s in full.plan.segments] == [
+        "camera",
+        "context_latent",
+        "prompt",
+        "vision_start",
+        "subgoal_noisy",
+    ]
+    assert [s.role for s in dropped.plan.segments] == ["prompt", "vision_start", "subgoal_noisy"]
+    text = sum(s.length for s in dropped.plan.segments if s.modality is Modality.TEXT)
+    assert int(dropped.key_drop.sum()) == text
+    mask = dropped.plan.layout().mask(key_drop=dropped.key_drop)
+    assert not mask[-1, :text].any()
+    trace = synthetic_samples(1, seed=7)
+    always = TraceCollator(policy.processor, ConditionDropout(1.0, 1.0, 1.0))
+    assert always(trace).plan.segments == TraceCollator(policy.processor)(trace).plan.segments
+
+
+def test_padding_adds_loss_free_tokens(policy, mixed):
+    collate = TraceCollator(policy.processor)
+    longest = max(collate.num_tokens(s) for s in mixed[:4])
+    padded = collate(mixed[:4], pad_to=longest)
+    assert padded.num_tokens == 4 * longest
+    assert loss_counts(padded, policy.model.config) == loss_counts(collate(mixed[:4]), policy.model.config)
+
+
+def test_packer_respects_budget_and_resumes_exactly(mixed):
+    lengths = {id(s): 100 + 37 * i for i, s in enumerate(mixed)}
+    config = PackingConfig(expected_tokens=400, max_tokens=500, packs_per_step=2)
+    make = lambda: TokenPacker([mixed[:5], mixed[5:]], [1.0, 3.0], lambda s: lengths[id(s)], config, seed=3)  # noqa: E731
+    packer = make()
+    steps = [packer.next_step() for _ in range(6)]
+    for step in steps:
+        assert len(step) == 2
+        for pack in step:
+            total = sum(lengths[id(s)] for s in pack)
+            assert total <= 500 and (total >= 400 or len(pack) >= 1)
+    other = make()
+    other.next_step(), other.next_step(), other.next_step()
+    saved = json.loads(json.dumps(other.state_dict()))
+    resumed = make()
+    resumed.load_state_dict(saved)
+    assert [[id(s) for s in p] for p in resumed.next_step()] == [[id(s) for s in p] for p in steps[3]]
+    too_small = TokenPacker([mixed], [1.0], lambda s: 1000, config)
+    with pytest.raises(ValueError, match="max_tokens"):
+        too_small.next_pack()
+
+
+def test_mixture_follows_weights_and_covers_each_epoch():
+    stream = MixtureStream([10, 5], [3.0, 1.0], seed=0)
+    state, seen = stream.initial_state(), []
+    for _ in range(400):
+        seen.append(stream.peek(state))
+        state = stream.advance(state)
+    share = np.mean([s == 0 for s, _ in seen])
+    assert 0.68 < share < 0.82
+    first = [i for s, i in seen if s == 0][:10]
+    assert sorted(first) == list(range(10))
+    with pytest.raises(ValueError, match="weight"):
+        MixtureStream([3], [1.0, 2.0])
+
+
+def test_shard_packs_splits_the_global_batch():
+    packs = [["a"], ["b"], ["c"], ["d"]]
+    assert shard_packs(packs, 1, 2) == [(1, ["b"]), (3, ["d"])]
+    with pytest.raises(ValueError, match="multiple"):
+        shard_packs(packs[:3], 0, 2)
+
+
+def test_llava_json_reader(tmp_path, policy):
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    records = [
+        {
+            "id": "x",
+            "image": "a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is the block?"},
+                {"from": "gpt", "value": "The block is red."},
+                {"from": "human", "value": "Where is it?"},
+                {"from": "gpt", "value": "At the top left."},
+            ],
+        },
+        {"id": "y", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+    ]
+    (tmp_path / "vqa.json").write_text(json.dumps(records))
+    data = LlavaVQADataset(tmp_path / "vqa.json")
+    assert len(data) == 2
+    sample = data[0]
+    assert sample.metadata["kind"] == "vqa" and sample.observation.images["image0"].shape == (20, 24, 3)
+    assert sample.metadata["turns"][0] == ("What colour is the block?", "The block is red.")
+    batch = TraceCollator(policy.processor)([data[0], data[1]])
+    assert [s.role for s in batch.plan.segments].count("answer") == 3
+    with pytest.raises(ValueError, match="human"):
+        conversation_turns([{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}])

@@ -1,0 +1,105 @@
+"""Shipped recipes parse with the release's values; the CLI functions run the two stages; LoRA fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import yaml
+
+from emcot.policy import EmCoTPolicy
+from emcot.training.cli_train import add_train_arguments, run_train
+from emcot.training.recipes import RECIPE_DIR, Recipe, build_initial_policy, load_recipe, shipped_recipes
+from emcot.training.trainer import Schedule, train
+
+SHIPPED = {
+    "stage1-tiny",
+    "stage2-tiny",
+    "finetune-tiny",
+    "stage1-halo-4.5b",
+    "stage2-halo-4.5b",
+    "finetune-halo-4.5b",
+}
+
+
+def test_shipped_recipes_parse_with_the_release_values():
+    assert SHIPPED <= set(shipped_recipes())
+    for name in SHIPPED:
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.optim.betas == (0.9, 0.95)
+    s1, s2 = load_recipe("stage1-tiny"), load_recipe("stage2-tiny")
+    assert (s1.loss.text_weight, s1.loss.subgoal_weight, s1.loss.action_weight) == (0.25, 0.5, 1.0)
+    assert (s2.loss.text_weight, s2.loss.subgoal_weight, s2.loss.action_weight) == (1.0, 1.0, 1.0)
+    assert {d.kind for d in s2.data.datasets} == {"synthetic_trace", "synthetic_vqa"}
+    for name in ("stage1-halo-4.5b", "stage2-halo-4.5b", "finetune-halo-4.5b"):
+        halo = load_recipe(name)
+        assert halo.optim.lr == 5e-5 and halo.optim.warmup_steps == 500 and halo.optim.eps == 1e-15
+        assert halo.train.ema_decay == 0.9999 and halo.optim.clip_grad_norm == 1.0
+        assert 16_000 <= halo.data.packing.expected_tokens <= 24_000
+        assert (halo.data.dropout.text, halo.data.dropout.vit, halo.data.dropout.vae) == (0.1, 0.3, 0.3)
+    stage2 = load_recipe("stage2-halo-4.5b")
+    weights = {d.kind: d.weight for d in stage2.data.datasets}
+    assert weights == {"lerobot": 4.0, "vqa_json": 1.0}
+
+
+def test_recipe_errors_name_the_fix(tmp_path):
+    data = yaml.safe_load((RECIPE_DIR / "stage1-tiny.yaml").read_text())
+    data["optim"]["learning_rate"] = 1.0
+    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\] in recipe section 'optim'"):
+        Recipe.from_dict(data)
+    with pytest.raises(ValueError, match="unknown data kind"):
+        Recipe.from_dict({"name": "x", "data": {"datasets": [{"kind": "imagenet"}]}})
+    with pytest.raises(ValueError, match="needs a path"):
+        Recipe.from_dict({"name": "x", "data": {"datasets": [{"kind": "lerobot"}]}})
+    with pytest.raises(ValueError, match="components.llm"):
+        build_initial_policy(load_recipe("stage1-halo-4.5b"))
+    with pytest.raises(ValueError, match="--init"):
+        build_initial_policy(load_recipe("stage2-tiny"), init=str(tmp_path / "missing"))
+
+
+def test_schedule_warms_up_then_decays():
+    schedule = Schedule(warmup=4, total=14, kind="cosine", min_ratio=0.1)
+    values = [schedule(s) for s in range(15)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0] and values[4] == 1.0
+    assert values[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+def test_cli_runs_stage1_then_stage2_from_its_output(tmp_path, capsys):
+    parser = add_train_arguments(argparse.ArgumentParser())
+    first = parser.parse_args(
+        ["stage1-tiny", "--max-steps", "2", "--output-dir", str(tmp_path / "s1"), "--no-progress"]
+    )
+    assert run_train(first) == 0
+    assert "policy saved to" in capsys.readouterr().out
+    second = parser.parse_args(
+        [
+            "stage2-tiny",
+            "--max-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path / "s2"),
+            "--init",
+            str(tmp_path / "s1"),
+        ]
+    )
+    assert run_train(second) == 0
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "text", "subgoal", "action", "lr", "grad_norm", "tokens"} <= rows[-1].keys()
+    policy = EmCoTPolicy.from_pretrained(tmp_path / "s2" / "final-ema")
+    assert policy.config.loss.text_weight == 1.0
+    assert (tmp_path / "s2" / "initial" / "config.json").is_file()
+
+
+def test_lora_finetuning_saves_a_plain_policy(tmp_path):
+    data = yaml.safe_load((RECIPE_DIR / "finetune-tiny.yaml").read_text())
+    data["finetune"].pop("freeze")
+    data["finetune"]["lora"] = {"experts": ["und", "gen"], "r": 4, "alpha": 8}
+    data["train"].update(total_steps=3, save_every=3, progress=False)
+    recipe = Recipe.from_dict(data)
+    result = train(recipe, tmp_path / "lora")
+    policy = EmCoTPolicy.from_pretrained(result.policy_dir)
+    assert not any("lora" in k for k in policy.model.state_dict())
+    sample_state = policy.example_observation()
+    trace = policy.generate_trace(sample_state, "push the red block to the left", mode="reactive", seed=0)
+    assert trace.actions.shape == (6, 6)

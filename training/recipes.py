@@ -1,0 +1,303 @@
+"""Training recipes: typed configs read from YAML (a path or a shipped name), data sources, the initial policy.
+
+Shipped recipes live in ``emcot/training/recipes/*.yaml``: ``stage1-tiny``, ``stage2-tiny``,
+``finetune-tiny`` (CPU, minutes, synthetic data by default) and ``stage1-halo-4.5b``,
+``stage2-halo-4.5b``, ``finetune-halo-4.5b`` (the HALO release's settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emcot.batch import ConditionDropout
+from emcot.config import LossConfig
+from emcot.training.finetune import FinetuneConfig, LoraSpec
+from emcot.training.packing import PackingConfig
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+DATA_KINDS = (
+    "synthetic_trace",
+    "synthetic_action",
+    "synthetic_vqa",
+    "synthetic_generation",
+    "synthetic_robot",
+    "lerobot",
+    "vqa_json",
+)
+
+
+def _build(cls, data: Any, where: str):
+    """A dataclass from a mapping, with unknown keys named in the error."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe section '{where}' must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown keys {unknown} in recipe section '{where}'; known keys are {sorted(known)}"
+        )
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the initial weights come from.
+
+    ``init``: ``synthetic`` (a fresh tiny policy with a tokenizer for the synthetic task),
+    ``default`` (the bundled tiny policy), ``components`` (HALO's initialisation from a Qwen LLM,
+    SigLIP and VAE folders given in ``components``) or the path of a saved policy / training output.
+    """
+
+    init: str = "synthetic"
+    components: dict = field(default_factory=dict)
+    cameras: tuple[str, ...] = ("head",)
+    overrides: dict = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One data source: its ``kind`` (see ``DATA_KINDS``), mixture ``weight`` and kind-specific options."""
+
+    kind: str
+    weight: float = 1.0
+    path: str | None = None
+    num_samples: int = 64
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"unknown data kind '{self.kind}'; choose one of {list(DATA_KINDS)}")
+        if self.kind in ("lerobot", "vqa_json") and not self.path:
+            raise ValueError(f"data kind '{self.kind}' needs a path to the dataset")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The training mixture, its packing budget, condition dropout and an optional validation mixture."""
+
+    datasets: tuple[DataSpec, ...] = ()
+    packing: PackingConfig = PackingConfig()
+    dropout: ConditionDropout = ConditionDropout()
+    validation: tuple[DataSpec, ...] = ()
+    validation_packs: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "datasets", tuple(_build(DataSpec, d, "data.datasets") for d in self.datasets)
+        )
+        object.__setattr__(
+            self, "validation", tuple(_build(DataSpec, d, "data.validation") for d in self.validation)
+        )
+        object.__setattr__(self, "packing", _build(PackingConfig, self.packing, "data.packing"))
+        object.__setattr__(self, "dropout", _build(ConditionDropout, self.dropout, "data.dropout"))
+        if not self.datasets:
+            raise ValueError("the recipe's data.datasets is empty; list at least one data source")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then a cosine (or constant) schedule, and gradient clipping."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.schedule not in ("cosine", "constant", "linear"):
+            raise ValueError(
+                f"optim.schedule must be 'cosine', 'linear' or 'constant', got '{self.schedule}'"
+            )
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("optim.lr must be > 0 and optim.warmup_steps ≥ 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Run length, seed, EMA, precision and the logging / validation / checkpoint periods."""
+
+    total_steps: int = 100
+    seed: int = 0
+    ema_decay: float | None = None
+    mixed_precision: str = "auto"
+    save_every: int = 50
+    keep_last: int = 2
+    eval_every: int = 0
+    log_every: int = 1
+    log_with: tuple[str, ...] = ()
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "log_with", tuple(self.log_with))
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(
+                f"train.mixed_precision must be auto, no, bf16 or fp16, got '{self.mixed_precision}'"
+            )
+        if self.total_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.keep_last < 1:
+            raise ValueError("train.total_steps, save_every, log_every and keep_last must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training recipe (one stage)."""
+
+    name: str
+    data: DataConfig
+    stage: str = "stage1"
+    model: ModelSpec = ModelSpec()
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        """Build and validate from a plain mapping (a parsed YAML file)."""
+        data = dict(data)
+        sections = {
+            "data": DataConfig,
+            "model": ModelSpec,
+            "loss": LossConfig,
+            "optim": OptimConfig,
+            "train": TrainConfig,
+            "finetune": FinetuneConfig,
+        }
+        for key, section in sections.items():
+            if data.get(key) is not None:
+                data[key] = _build(section, data[key], key)
+        if isinstance(data.get("finetune"), FinetuneConfig) and isinstance(data["finetune"].lora, dict):
+            data["finetune"] = dataclasses.replace(data["finetune"], lora=LoraSpec(**data["finetune"].lora))
+        if "data" not in data or "name" not in data:
+            raise ValueError("a recipe needs at least 'name' and 'data' sections")
+        return _build(cls, data, "recipe")
+
+    def to_dict(self) -> dict:
+        """Plain mapping (for trackers and the run folder)."""
+        return dataclasses.asdict(self)
+
+    def replace_steps(self, total_steps: int) -> Recipe:
+        """A copy with another run length."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, total_steps=total_steps))
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that come with the package."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe from a YAML path or a shipped recipe name."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(
+                f"recipe '{name_or_path}' is neither a YAML file nor a shipped recipe; "
+                f"shipped recipes: {shipped_recipes()}"
+            )
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a YAML mapping")
+    return Recipe.from_dict(data)
+
+
+def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
+    """The samples of one data source (a list or a map-style dataset)."""
+    from emcot.training import synthetic
+
+    n, seed, opts = spec.num_samples, spec.seed, dict(spec.options)
+    if spec.kind == "synthetic_trace":
+        return synthetic.synthetic_samples(n, seed=seed)
+    if spec.kind == "synthetic_action":
+        return synthetic.synthetic_action_samples(n, seed=seed)
+    if spec.kind == "synthetic_vqa":
+        return synthetic.synthetic_vqa_samples(n, seed=seed)
+    if spec.kind == "synthetic_generation":
+        return synthetic.synthetic_generation_samples(n, seed=seed)
+    if spec.kind == "synthetic_robot":
+        ft = recipe.finetune or FinetuneConfig()
+        return synthetic.synthetic_robot_samples(
+            n,
+            action_dim=opts.get("action_dim", ft.action_dim or 4),
+            state_dim=opts.get("state_dim", ft.state_dim if ft.state_dim is not None else 4),
+            horizon=opts.get("horizon", horizon),
+            seed=seed,
+            robot=opts.get("robot", ft.robot),
+        )
+    if spec.kind == "vqa_json":
+        from emcot.training.vqa import LlavaVQADataset
+
+        return LlavaVQADataset(spec.path, opts.get("image_root"), opts.get("max_samples"))
+    from emcot.training.emcot_samples import AnnotatedDataset, SampleConfig
+    from emcot.training.lerobot import LeRobotDataset
+
+    cameras = opts.pop("cameras", None)
+    annotations = opts.pop("annotations", None)
+    dataset = LeRobotDataset(spec.path, cameras=cameras)
+    return AnnotatedDataset(dataset, annotations, SampleConfig(horizon=horizon, **opts))
+
+
+def build_initial_policy(recipe: Recipe, init: str | None = None):
+    """The policy a run starts from (before any fine-tuning adaptation)."""
+    from emcot.policy import EmCoTPolicy
+
+    source = init or recipe.model.init
+    overrides = dict(recipe.model.overrides)
+    if source == "synthetic":
+        from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
+
+        return build_synthetic_policy(
+            synthetic_samples(16, seed=recipe.train.seed), seed=recipe.train.seed, **overrides
+        )
+    if source == "default":
+        return EmCoTPolicy.default()
+    if source == "components":
+        return _policy_from_components(recipe, overrides)
+    path = Path(source)
+    if (path / "final").is_dir() and not (path / "config.json").is_file():
+        path = path / "final"
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model.init '{source}' is not 'synthetic', 'default', 'components' or a saved policy folder; "
+            "pass --init PATH (e.g. the output folder of the previous stage)"
+        )
+    return EmCoTPolicy.from_pretrained(path)
+
+
+def _policy_from_components(recipe: Recipe, overrides: dict):
+    """HALO's initialisation: a Qwen LLM into all experts, a SigLIP encoder, a VAE; statistics come later."""
+    from emcot.modeling import EmCoTModel
+    from emcot.policy import EmCoTPolicy
+    from emcot.processor import EmCoTProcessor, ProcessorConfig
+    from emcot.tokenizers.actions import RobotNormStats
+    from emcot.tokenizers.text import HFTextTokenizer
+
+    parts = dict(recipe.model.components)
+    llm = parts.pop("llm", None)
+    if not llm or not Path(llm).is_dir():
+        raise ValueError(
+            f"model.components.llm '{llm}' is not a folder; download Qwen2.5-1.5B-Instruct and set its path in the recipe"
+        )
+    for key in ("vision", "vae"):
+        if parts.get(key) and not Path(parts[key]).is_dir():
+            raise ValueError(
+                f"model.components.{key} '{parts[key]}' is not a folder; fix the path in the recipe"
+            )
+    model = EmCoTModel.from_components(llm=llm, **parts, **overrides)
+    tokenizer = HFTextTokenizer.from_pretrained(llm)
+    settings = ProcessorConfig(cameras=list(recipe.model.cameras))
+    return EmCoTPolicy(model, EmCoTProcessor(model.config, tokenizer, RobotNormStats(), settings))

@@ -1,0 +1,372 @@
+"""The accelerate trainer: packed multi-task batches, globally normalised losses, EMA, exact resume.
+
+One optimizer step trains on ``packs_per_step`` packs. Every loss term (text cross-entropy,
+subgoal MSE, action L1) is a sum divided by its element count over *all* packs of the step on
+*all* processes (counted before the forward pass), so one process with gradient accumulation and
+N processes with DDP compute the same gradient. Flow noise, flow times and condition dropout are
+drawn from generators seeded by ``(seed, step, pack)``, and the data order is a pure function of
+the seed and the saved data position, so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from emcot.batch import TraceCollator
+from emcot.policy import EmCoTPolicy
+from emcot.trace_forward import compute_losses, loss_counts
+from emcot.training.checkpoints import (
+    INITIAL_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_metrics,
+)
+from emcot.training.ema import EMA
+from emcot.training.finetune import FinetuneConfig, adapt_policy, apply_lora, merged_state_dict, set_trainable
+from emcot.training.packing import TokenPacker, shard_packs
+from emcot.training.recipes import Recipe, build_initial_policy, build_source
+
+TERMS = ("text", "subgoal", "action")
+
+
+@dataclass
+class TrainResult:
+    """What a run did: its folder, last step, the per-step losses it computed and the exported policy."""
+
+    output_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    policy_dir: Path | None = None
+
+
+class LossModule(nn.Module):
+    """Wraps the model so DDP/FSDP see one forward: a packed batch → the weighted, globally normalised loss."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, generator, weights: dict[str, float], counts: dict[str, float], scale: float):
+        out = compute_losses(self.model, batch, generator)
+        loss = sum(weights[k] * out.sums[k] / counts[k] for k in out.sums) * scale
+        return loss, {k: v.detach().float() for k, v in out.sums.items()}
+
+
+class Schedule:
+    """Learning-rate factor: linear warmup, then cosine / linear decay to ``min_ratio`` (or constant)."""
+
+    def __init__(self, warmup: int, total: int, kind: str, min_ratio: float) -> None:
+        self.warmup, self.total, self.kind, self.min_ratio = warmup, total, kind, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+
+def mixed_precision(setting: str) -> str:
+    """``auto`` → bf16 on a GPU that supports it, else full precision (fp32 on CPU)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def ensure_norm_stats(policy: EmCoTPolicy, sources) -> None:
+    """Compute statistics for robots in the data that the policy has none for."""
+    from emcot.training.finetune import robot_norm_stats
+
+    stats = policy.processor.norm_stats
+    missing = {}
+    for source in sources:
+        for sample in source:
+            if sample.actions is not None and sample.robot not in stats:
+                missing.setdefault(sample.robot, []).append(sample)
+    for robot, samples in missing.items():
+        entry = robot_norm_stats(samples, robot).for_robot(robot)
+        stats.add(robot, action=entry["action"], state=entry["state"])
+        if not policy.processor.settings.robot or policy.processor.settings.robot not in stats:
+            policy.processor.settings.robot = robot
+
+
+def prepare_initial_policy(recipe: Recipe, folder: Path, init: str | None) -> None:
+    """Build the run's starting policy (init, new-robot adaptation, statistics) and save it to ``folder``."""
+    policy = build_initial_policy(recipe, init)
+    ft = recipe.finetune
+    horizon = (ft.horizon if ft and ft.horizon else None) or policy.config.action.horizon
+    sources = [build_source(spec, recipe, horizon) for spec in recipe.data.datasets]
+    if ft is not None:
+        trace_samples = [s for source in sources for s in source if s.actions is not None]
+        adapt_policy(policy, ft, trace_samples, seed=recipe.train.seed)
+    ensure_norm_stats(policy, sources)
+    policy.model.config.loss = copy.deepcopy(recipe.loss)
+    policy.save_pretrained(folder)
+
+
+def export_policy(policy: EmCoTPolicy, state: dict[str, torch.Tensor], folder: Path) -> Path:
+    """Save a plain policy (LoRA merged) with the weights ``state`` of the training model."""
+    from accelerate import init_empty_weights
+
+    from emcot.modeling import EmCoTModel
+
+    merged = merged_state_dict(policy.model, state)
+    with init_empty_weights(include_buffers=False):
+        model = EmCoTModel(copy.deepcopy(policy.model.config))
+    model.load_state_dict(merged, strict=True, assign=True)
+    if model.config.tie_word_embeddings:
+        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
+    return EmCoTPolicy(model, policy.processor, policy.generation).save_pretrained(folder)
+
+
+class Trainer:
+    """Runs a :class:`Recipe` with accelerate (one CPU/GPU, DDP or FSDP via ``accelerate launch``/``torchrun``)."""
+
+    def __init__(self, recipe: Recipe, output_dir: str | Path, init: str | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+
+        self.recipe = recipe
+        self.out = Path(output_dir)
+        self.accelerator = acc = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=mixed_precision(recipe.train.mixed_precision),
+            log_with=list(recipe.train.log_with) or None,
+            project_dir=str(self.out),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        train = recipe.train
+        if train.ema_decay is not None and acc.distributed_type == DistributedType.FSDP:
+            raise ValueError("EMA is not supported with FSDP sharding; set train.ema_decay: null or use DDP")
+        initial = self.out / INITIAL_DIR
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not (initial / "config.json").is_file():
+                prepare_initial_policy(recipe, initial, init)
+        acc.wait_for_everyone()
+        self.policy = policy = EmCoTPolicy.from_pretrained(initial)
+        model = policy.model.train()
+        set_seed(train.seed)
+        ft = recipe.finetune or FinetuneConfig()
+        if ft.lora is not None:
+            apply_lora(model, ft.lora)
+        self.trainable = set_trainable(model, ft)
+        if recipe.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        horizon = model.config.action.horizon
+        self.collator = TraceCollator(policy.processor, recipe.data.dropout)
+        data = recipe.data
+        self.packer = TokenPacker(
+            [build_source(s, recipe, horizon) for s in data.datasets],
+            [s.weight for s in data.datasets],
+            self.collator.num_tokens,
+            data.packing,
+            seed=train.seed,
+        )
+        self.val_packs = self._validation_packs()
+        opt = recipe.optim
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, Schedule(opt.warmup_steps, train.total_steps, opt.schedule, opt.min_lr_ratio)
+        )
+        self.module, self.optimizer = acc.prepare(LossModule(model), optimizer)
+        self.ema = EMA(model, train.ema_decay) if train.ema_decay is not None else None
+        self.weights = {
+            "text": recipe.loss.text_weight,
+            "subgoal": recipe.loss.subgoal_weight,
+            "action": recipe.loss.action_weight,
+        }
+        self.step = 0
+
+    @property
+    def model(self) -> nn.Module:
+        """The unwrapped training model."""
+        return self.accelerator.unwrap_model(self.module).model
+
+    def _validation_packs(self) -> list[list]:
+        data = self.recipe.data
+        if not data.validation:
+            return []
+        horizon = self.policy.config.action.horizon
+        packer = TokenPacker(
+            [build_source(s, self.recipe, horizon) for s in data.validation],
+            [s.weight for s in data.validation],
+            self.collator.num_tokens,
+            data.packing,
+            seed=self.recipe.train.seed + 1,
+        )
+        return [packer.next_pack() for _ in range(data.validation_packs)]
+
+    def _seeds(self, step: int, index: int, salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.recipe.train.seed, salt, step, index])
+
+    def _generator(self, step: int, index: int, salt: int) -> torch.Generator:
+        seed = int(self._seeds(step, index, salt).integers(2**62))
+        return torch.Generator(device=self.accelerator.device).manual_seed(seed)
+
+    def _reduce(self, values: dict[str, float]) -> dict[str, float]:
+        vec = torch.tensor([float(values.get(k, 0.0)) for k in TERMS], dtype=torch.float64)
+        vec = self.accelerator.reduce(vec.to(self.accelerator.device), reduction="sum").cpu()
+        return {k: float(v) for k, v in zip(TERMS, vec)}
+
+    def _run_packs(self, local, step: int, salt: int, train: bool) -> tuple[dict, dict, int]:
+        """Forward (and backward) this process's ``(index, pack)`` pairs; returns global sums, counts, tokens."""
+        acc = self.accelerator
+        batches = [(i, self.collator(p, rng=self._seeds(step, i, salt + 1))) for i, p in local]
+        counts: dict[str, float] = {}
+        tokens = 0
+        for _, batch in batches:
+            tokens += batch.num_tokens
+            for k, n in loss_counts(batch, self.model.config).items():
+                counts[k] = counts.get(k, 0) + n
+        counts = self._reduce(counts)
+        tokens_global = int(self._reduce({"text": tokens})["text"])
+        # Evaluation runs the unwrapped module: processes may hold different numbers of packs.
+        module = self.module if train else acc.unwrap_model(self.module)
+        sums: dict[str, float] = {}
+        for j, (i, batch) in enumerate(batches):
+            with torch.set_grad_enabled(train):
+                sync = not train or j == len(batches) - 1
+                ctx = acc.no_sync(self.module) if not sync else contextlib.nullcontext()
+                with ctx:
+                    loss, part = module(
+                        batch.to(acc.device),
+                        self._generator(step, i, salt),
+                        self.weights,
+                        counts,
+                        acc.num_processes,
+                    )
+                    if train:
+                        acc.backward(loss)
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return self._reduce(sums), counts, tokens_global
+
+    def _metrics(self, sums: dict, counts: dict) -> dict[str, float]:
+        terms = {k: sums[k] / counts[k] for k in TERMS if counts.get(k)}
+        return {"loss": sum(self.weights[k] * v for k, v in terms.items()), **terms}
+
+    def validate(self) -> dict[str, float]:
+        """Weighted loss and terms on the fixed validation packs (same noise every time)."""
+        acc = self.accelerator
+        self.module.eval()
+        local = [(i, p) for i, p in enumerate(self.val_packs) if i % acc.num_processes == acc.process_index]
+        sums, counts, _ = self._run_packs(local, 0, salt=10, train=False)
+        self.module.train()
+        return {f"val/{k}": v for k, v in self._metrics(sums, counts).items()}
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on the next global batch."""
+        acc = self.accelerator
+        local = shard_packs(self.packer.next_step(), acc.process_index, acc.num_processes)
+        sums, counts, tokens = self._run_packs(local, self.step, salt=0, train=True)
+        clip = self.recipe.optim.clip_grad_norm
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(self.accelerator.clip_grad_norm_(params, clip)) if clip else float("nan")
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        return {**self._metrics(sums, counts), "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+
+    def checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>`` atomically (temporary folder, then rename)."""
+        return save_checkpoint(self)
+
+    def resume(self) -> int:
+        """Continue from the latest checkpoint in the output folder, if any; returns the step."""
+        latest = latest_checkpoint(self.out)
+        if latest is not None:
+            self.step = load_checkpoint(self, latest)
+        if self.accelerator.is_main_process:
+            truncate_metrics(self.out, self.step)
+        self.accelerator.wait_for_everyone()
+        return self.step
+
+    def export(self, name: str = "final") -> Path | None:
+        """Save the trained policy (and ``<name>-ema`` with the EMA weights) as plain policy folders."""
+        acc = self.accelerator
+        state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.module).items()}
+        path = None
+        if acc.is_main_process:
+            path = export_policy(self.policy, state, self.out / name)
+            if self.ema is not None:
+                export_policy(self.policy, {**state, **self.ema.values(state)}, self.out / f"{name}-ema")
+        acc.wait_for_everyone()
+        return path
+
+    def fit(self) -> TrainResult:
+        """Train until ``total_steps``, logging, validating and checkpointing on schedule."""
+        acc, train = self.accelerator, self.recipe.train
+        if train.log_with:
+            acc.init_trackers(
+                self.recipe.name, config={"recipe": self.recipe.name, "lr": self.recipe.optim.lr}
+            )
+        losses: list[float] = []
+        bar = tqdm(
+            total=train.total_steps,
+            initial=self.step,
+            desc=self.recipe.name,
+            disable=not (acc.is_main_process and train.progress),
+        )
+        while self.step < train.total_steps:
+            metrics = self.train_step()
+            losses.append(metrics["loss"])
+            if train.eval_every and self.val_packs and self.step % train.eval_every == 0:
+                metrics.update(self.validate())
+            if self.step % train.log_every == 0 or self.step == train.total_steps:
+                self._log(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            if self.step % train.save_every == 0 or self.step == train.total_steps:
+                self.checkpoint()
+        bar.close()
+        policy_dir = self.export()
+        if train.log_with:
+            acc.end_training()
+        return TrainResult(self.out, self.step, losses, policy_dir)
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        acc = self.accelerator
+        if self.recipe.train.log_with:
+            acc.log(metrics, step=self.step)
+        if acc.is_main_process:
+            with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+
+def train(
+    recipe: Recipe,
+    output_dir: str | Path,
+    resume: bool = False,
+    init: str | None = None,
+) -> TrainResult:
+    """Run ``recipe`` into ``output_dir``; ``resume`` continues from its latest checkpoint."""
+    out = Path(output_dir)
+    if not resume and latest_checkpoint(out) is not None:
+        raise ValueError(
+            f"{out} already holds checkpoints; pass --resume to continue, or choose another --output-dir"
+        )
+    trainer = Trainer(recipe, out, init)
+    if resume:
+        trainer.resume()
+    return trainer.fit()
