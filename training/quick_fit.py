@@ -87,6 +87,6 @@ def fit_policy(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         schedule.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     model.eval()
     return losses
