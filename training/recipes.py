@@ -27,6 +27,7 @@ DATA_KINDS = (
     "synthetic_generation",
     "synthetic_robot",
     "lerobot",
+    "lerobot_future",
     "vqa_json",
 )
 
@@ -76,7 +77,7 @@ class DataSpec:
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise ValueError(f"unknown data kind '{self.kind}'; choose one of {list(DATA_KINDS)}")
-        if self.kind in ("lerobot", "vqa_json") and not self.path:
+        if self.kind in ("lerobot", "lerobot_future", "vqa_json") and not self.path:
             raise ValueError(f"data kind '{self.kind}' needs a path to the dataset")
 
 
@@ -245,6 +246,12 @@ def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
     from emcot.training.emcot_samples import AnnotatedDataset, SampleConfig
     from emcot.training.lerobot import LeRobotDataset
 
+    if spec.kind == "lerobot_future":
+        from emcot.training.future_frames import FutureFrameConfig, FutureFrameDataset
+
+        return FutureFrameDataset(
+            LeRobotDataset(spec.path, cameras=opts.pop("cameras", None)), FutureFrameConfig(**opts)
+        )
     cameras = opts.pop("cameras", None)
     annotations = opts.pop("annotations", None)
     dataset = LeRobotDataset(spec.path, cameras=cameras)
