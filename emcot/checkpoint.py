@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from emcot.components import load_safetensors_folder
 from emcot.config import EmCoTConfig
+from emcot.io_utils import load_safetensors_folder
 from emcot.modeling import EmCoTModel
 
 

@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from emcot.experts.config import ExpertConfig
+from emcot.io_utils import load_safetensors_folder, read_json
 
 LLM_MODEL_TYPES = ("qwen2", "qwen3")
-
-
-def read_json(path: Path) -> dict:
-    """Load a JSON file, with a clear error when it is missing or malformed."""
-    if not path.is_file():
-        raise ValueError(f"expected {path} to exist; is this the right checkpoint folder?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint may be corrupt") from None
-
-
-def load_safetensors_folder(folder: Path, prefix: str = "model") -> dict[str, torch.Tensor]:
-    """All tensors of ``{prefix}.safetensors`` or of the shards listed in ``{prefix}.safetensors.index.json``."""
-    single = folder / f"{prefix}.safetensors"
-    index = folder / f"{prefix}.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        files = [folder / name for name in sorted(set(read_json(index)["weight_map"].values()))]
-    else:
-        found = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else "no such folder"
-        raise ValueError(
-            f"no safetensors weights in {folder} (looked for {single.name} and {index.name}; found {found}). "
-            "emcot loads safetensors only; convert pickled .bin checkpoints with transformers' save_pretrained first"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            tensors.update(load_file(str(file)))
-        except Exception as err:  # safetensors raises its own error types for truncated headers/data
-            raise ValueError(
-                f"cannot read weights from {file}: {err}. The file is truncated or corrupt"
-            ) from None
-    return tensors
 
 
 def llm_expert_config(hf_config: dict, qk_norm: bool | None = None) -> tuple[ExpertConfig, dict]:

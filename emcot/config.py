@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from emcot.attention import ATTENTION_BACKENDS
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
 from emcot.flow import FlowSamplerConfig
+from emcot.io_utils import dataclass_from_dict
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig
@@ -46,11 +47,7 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict) -> LossConfig:
         """Inverse of :meth:`to_dict`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LossConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 # Each entry: (attribute, class, optional). Optional sub-configs may be None (e.g. a text-only model).

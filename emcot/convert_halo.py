@@ -62,11 +62,11 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from emcot.components import read_json
 from emcot.convert_flux_vae import flux_ae_to_diffusers, flux_vae_config
 from emcot.experts.config import ExpertConfig
 from emcot.experts.embeddings import grid_sincos
 from emcot.flow import FlowSamplerConfig
+from emcot.io_utils import read_json
 from emcot.tokenizers.actions import ActionSpaceConfig, NormStats, RobotNormStats
 from emcot.tokenizers.vision_config import VisionEncoderConfig
 from emcot.tokenizers.vision_convert import SIGLIP_LAYER_RENAMES

@@ -12,10 +12,12 @@ This module depends on torch only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from emcot.io_utils import dataclass_from_dict
 
 TIME_DISTRIBUTIONS = ("logit_normal", "beta", "uniform")
 RENORM_MODES = ("global", "none")
@@ -170,16 +172,10 @@ class FlowSamplerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FlowSamplerConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"Unknown FlowSamplerConfig keys {sorted(unknown)}; expected a subset of {sorted(known)}."
-            )
         data = dict(data)
         if "guidance_interval" in data:
             data["guidance_interval"] = tuple(data["guidance_interval"])
-        return cls(**data)
+        return dataclass_from_dict(cls, data, label="Unknown FlowSamplerConfig keys")
 
 
 @dataclass

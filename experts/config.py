@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from emcot.io_utils import dataclass_from_dict
 
 EXPERT_NAMES = ("und", "gen", "act")
 """The three experts: understanding/text, subgoal generation, action."""
@@ -64,8 +66,4 @@ class ExpertConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ExpertConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise a clear error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ExpertConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from emcot.io_utils import dataclass_from_dict
 
 NormMode = Literal["mean_std", "quantile", "none"]
 NORM_MODES: tuple[str, ...] = ("mean_std", "quantile", "none")
@@ -62,13 +64,7 @@ class ActionSpaceConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ActionSpaceConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"Unknown ActionSpaceConfig keys {sorted(unknown)}; expected a subset of {sorted(known)}."
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data, label="Unknown ActionSpaceConfig keys")
 
 
 _STAT_FIELDS = ("mean", "std", "q01", "q99", "min", "max")

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from emcot.io_utils import dataclass_from_dict
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
@@ -85,11 +87,7 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise so typos are not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"VAEConfig.from_dict: unknown keys {unknown}; valid keys are {sorted(known)}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, label="unknown keys", where=" for VAEConfig")
 
     @classmethod
     def flux(cls, image_size: tuple[int, int] = (256, 256)) -> VAEConfig:

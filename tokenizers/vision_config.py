@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from emcot.io_utils import dataclass_from_dict
+
 POSITION_MODES = ("table", "interpolate")
 HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu")
 
@@ -100,13 +102,7 @@ class VisionEncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionEncoderConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise so typos are not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"VisionEncoderConfig.from_dict: unknown keys {unknown}; valid keys are {sorted(known)}."
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data, label="unknown keys", where=" for VisionEncoderConfig")
 
     @classmethod
     def siglip_so400m_14(cls) -> VisionEncoderConfig:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor
 from transformers import Siglip2VisionConfig, SiglipVisionConfig
 
+from emcot.io_utils import load_safetensors_folder
 from emcot.tokenizers.vision_config import VisionEncoderConfig
 
 _PATCH_KEY = "embeddings.patch_embedding.weight"
@@ -160,25 +160,6 @@ def vision_state_dict_from_hf(
     return out, config
 
 
-def read_safetensors_folder(folder: str | Path) -> dict[str, Tensor]:
-    """Read ``model.safetensors`` or every shard named in ``model.safetensors.index.json``."""
-    folder = Path(folder)
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(folder / shard)))
-        return state
-    raise ValueError(
-        f"No model.safetensors or model.safetensors.index.json in {folder}; save the checkpoint with "
-        "save_pretrained(..., safe_serialization=True) (pickle weights are not loaded)."
-    )
-
-
 def load_hf_vision_folder(
     folder: str | Path, **overrides: Any
 ) -> tuple[dict[str, Tensor], VisionEncoderConfig]:
@@ -199,4 +180,4 @@ def load_hf_vision_folder(
         for key in ("image_mean", "image_std"):
             if key in processor and key not in overrides:
                 overrides[key] = tuple(processor[key])
-    return vision_state_dict_from_hf(read_safetensors_folder(folder), hf_config, **overrides)
+    return vision_state_dict_from_hf(load_safetensors_folder(folder), hf_config, **overrides)

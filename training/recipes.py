@@ -16,6 +16,7 @@ import yaml
 
 from emcot.batch import ConditionDropout
 from emcot.config import LossConfig
+from emcot.io_utils import dataclass_from_dict
 from emcot.training.finetune import FinetuneConfig, LoraSpec
 from emcot.training.packing import PackingConfig
 
@@ -38,13 +39,7 @@ def _build(cls, data: Any, where: str):
         return data
     if not isinstance(data, dict):
         raise ValueError(f"recipe section '{where}' must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown keys {unknown} in recipe section '{where}'; known keys are {sorted(known)}"
-        )
-    return cls(**data)
+    return dataclass_from_dict(cls, data, label="unknown keys", where=f" in recipe section '{where}'")
 
 
 @dataclass(frozen=True)
