@@ -99,32 +99,39 @@ class TraceGenerator:
         return self.model.understanding.embed_tokens(torch.tensor(ids, device=self.model.device))[None]
 
     def _velocity_fn(self, plan, cache, segment, embed, head, sampler, contexts):
-        """Velocity at (x_t, t) for a noisy segment after ``plan``, with optional guidance branches."""
-        query = SequencePlan(plan.segments + [segment])
+        """Velocity at (x_t, t) for a noisy segment after ``plan``, with optional guidance branches.
+
+        Each branch's mask and positions are prepared once; every Euler step only embeds and runs.
+        """
+        model = self.model
+        query_plan = SequencePlan(plan.segments + [segment])
         start = len(plan)
-
-        def run(x, t, ctx_plan, ctx_cache, key_drop=None):
-            q = SequencePlan(ctx_plan.segments + [segment])
-            emb = embed(x, torch.full((1,), t, device=x.device, dtype=x.dtype))
-            return head(self.model.run_plan(emb, q, len(ctx_plan), ctx_cache, False, key_drop))
-
-        text_drop = None
+        branches = {"cond": (model.prepare_query(query_plan, start), cache)}
         if contexts.get("no_text"):
-            layout = query.layout(self.model.device)
+            layout = query_plan.layout(model.device)
             is_text = torch.tensor(
-                [s.modality is Modality.TEXT for s in query.segments], device=self.model.device
+                [s.modality is Modality.TEXT for s in query_plan.segments], device=model.device
             )
-            text_drop = is_text[layout.segment] & (torch.arange(len(query), device=self.model.device) < start)
+            text_drop = is_text[layout.segment] & (torch.arange(len(query_plan), device=model.device) < start)
+            branches["no_text"] = (model.prepare_query(query_plan, start, text_drop), cache)
+        if "no_image" in contexts:
+            image_plan, image_cache = contexts["no_image"]
+            branches["no_image"] = (
+                model.prepare_query(SequencePlan(image_plan.segments + [segment]), len(image_plan)),
+                image_cache,
+            )
+
+        def run(x: torch.Tensor, t: float, branch: str) -> torch.Tensor:
+            query, branch_cache = branches[branch]
+            emb = embed(x, torch.full((1,), t, device=x.device, dtype=x.dtype))
+            return head(model.run_prepared(emb, query, branch_cache, write_cache=False))
 
         def velocity(x: torch.Tensor, t: float):
-            cond = run(x, t, plan, cache)
+            cond = run(x, t, "cond")
             if not guidance_active(sampler, t):
                 return cond
-            no_text = run(x, t, plan, cache, text_drop) if text_drop is not None else None
-            no_image = None
-            if "no_image" in contexts:
-                image_plan, image_cache = contexts["no_image"]
-                no_image = run(x, t, image_plan, image_cache)
+            no_text = run(x, t, "no_text") if "no_text" in branches else None
+            no_image = run(x, t, "no_image") if "no_image" in branches else None
             return GuidedVelocity(cond, no_text, no_image)
 
         return velocity

@@ -28,6 +28,17 @@ class CausalLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
 
 
+@dataclass
+class PreparedQuery:
+    """What a backbone pass needs besides embeddings and cache: for tokens from ``query_start`` on,
+    their experts, RoPE positions and the mask against every key up to them."""
+
+    query_start: int
+    experts: torch.Tensor
+    positions: torch.Tensor
+    mask: object
+
+
 class EmCoTModel(PreTrainedModel):
     """Three experts (understanding, subgoal generation, action) sharing one attention per layer.
 
@@ -123,6 +134,47 @@ class EmCoTModel(PreTrainedModel):
         """An empty KV cache for this model."""
         return KVCache(self.config.num_hidden_layers)
 
+    def prepare_query(
+        self,
+        plan: SequencePlan,
+        query_start: int = 0,
+        key_drop: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> PreparedQuery:
+        """Mask, RoPE positions and expert routing of ``plan``'s tokens from ``query_start`` on.
+
+        They depend only on the plan, so a denoising loop prepares them once and runs every
+        step with :meth:`run_prepared`.
+        """
+        device = device if device is not None else self.device
+        layout = plan.layout(device)
+        return PreparedQuery(
+            query_start=query_start,
+            experts=layout.expert[query_start:],
+            positions=plan.positions(device)[query_start:],
+            mask=make_mask(self.attention_backend, layout, query_start, key_drop),
+        )
+
+    def run_prepared(
+        self,
+        embeds: torch.Tensor,
+        query: PreparedQuery,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> torch.Tensor:
+        """Run the backbone on ``embeds [B, n, H]`` of a prepared query; returns final-normed hidden states.
+
+        The tokens before ``query.query_start`` must already be in ``cache``; with ``write_cache``
+        the new keys/values are appended, otherwise the cache is only read.
+        """
+        if cache is not None and len(cache) != query.query_start:
+            raise ValueError(
+                f"cache holds {len(cache)} tokens but the new tokens start at {query.query_start}"
+            )
+        return self.backbone(
+            embeds, query.experts, query.positions, query.mask, self.attention_backend, cache, write_cache
+        )
+
     def run_plan(
         self,
         embeds: torch.Tensor,
@@ -132,19 +184,13 @@ class EmCoTModel(PreTrainedModel):
         write_cache: bool = False,
         key_drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the backbone on the tokens of ``plan`` from ``query_start`` on.
+        """Run the backbone on the tokens of ``plan`` from ``query_start`` on (prepare, then run).
 
         ``embeds [B, L - query_start, H]`` are the input embeddings of those tokens; the tokens
         before ``query_start`` must already be in ``cache``. Returns final-normed hidden states.
         """
-        layout = plan.layout(embeds.device)
-        if cache is not None and len(cache) != query_start:
-            raise ValueError(f"cache holds {len(cache)} tokens but the new tokens start at {query_start}")
-        mask = make_mask(self.attention_backend, layout, query_start, key_drop)
-        positions = plan.positions(embeds.device)[query_start:]
-        return self.backbone(
-            embeds, layout.expert[query_start:], positions, mask, self.attention_backend, cache, write_cache
-        )
+        query = self.prepare_query(plan, query_start, key_drop, embeds.device)
+        return self.run_prepared(embeds, query, cache, write_cache)
 
     def forward(
         self,
