@@ -61,13 +61,6 @@ class KVCache:
         """Replace a layer's keys and values (after :meth:`extend` when writing)."""
         self.keys[layer], self.values[layer] = k, v
 
-    def expand_batch(self, batch: int) -> KVCache:
-        """A cache whose batch dimension is repeated (for guidance branches sharing one prefix)."""
-        out = KVCache(len(self.keys))
-        out.keys = [None if k is None else k.expand(batch, *k.shape[1:]) for k in self.keys]
-        out.values = [None if v is None else v.expand(batch, *v.shape[1:]) for v in self.values]
-        return out
-
 
 def make_mask(
     backend: str,

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
-from PIL import Image
 
 from emcot.planner import TraceLayout, check_kind, generation_layout, trace_layout, vqa_layout
 from emcot.processor import EmCoTProcessor
 from emcot.sequence import AttnMode, Modality, Segment, SequencePlan
+from emcot.tokenizers.vae import resize_rgb, to_unit_range
 from emcot.types import EmCoTSample
 
 
@@ -62,13 +62,6 @@ def sample_mode(sample: EmCoTSample) -> str:
     if sample.reasoning is None:
         return "reactive"
     return "full" if sample.subgoal is not None else "reason"
-
-
-def resize_uint8(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of a uint8 RGB image (no-op when already that size)."""
-    if image.shape[:2] == tuple(size_hw):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC))
 
 
 @dataclass(frozen=True)
@@ -206,7 +199,7 @@ class TraceCollator:
     def _vae_image(self, image: np.ndarray) -> np.ndarray:
         if self.processor.config.vae is None:
             raise ValueError("this sample needs a VAE image but the model has no VAE (config.vae is None)")
-        return resize_uint8(np.asarray(image), self.processor.config.vae.image_size)
+        return resize_rgb(np.asarray(image), self.processor.config.vae.image_size)
 
     def _encode_trace(self, sample: EmCoTSample, encode: bool) -> _Encoded:
         proc, config = self.processor, self.processor.config
@@ -221,7 +214,7 @@ class TraceCollator:
         subgoal_vit = None
         if mode == "full":
             subgoal = self._vae_image(sample.subgoal)
-            latents.append(proc_latent(subgoal) if encode else torch.zeros(0))
+            latents.append(to_unit_range(subgoal) if encode else torch.zeros(0))
             if config.subgoal_vit_copy:
                 subgoal_vit = self._vit(subgoal, encode)
         layout = self.layout_for(
@@ -278,7 +271,9 @@ class TraceCollator:
             special=self.processor.special,
         )
         images = context + [target]
-        out = _Encoded(layout, vit, latents=[proc_latent(im) if encode else torch.zeros(0) for im in images])
+        out = _Encoded(
+            layout, vit, latents=[to_unit_range(im) if encode else torch.zeros(0) for im in images]
+        )
         out.latent_refs = list(range(len(images)))
         out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
         return out
@@ -322,8 +317,3 @@ class TraceCollator:
             text_loss_targets=torch.tensor(loss_tgt, dtype=torch.long),
             key_drop=torch.tensor(drop, dtype=torch.bool) if any(drop) else None,
         )
-
-
-def proc_latent(image: np.ndarray) -> torch.Tensor:
-    """uint8 image (already at the VAE's size) → float tensor [3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0

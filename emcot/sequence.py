@@ -93,11 +93,6 @@ class SequencePlan:
             sample_id if sample_id is not None else (self.sample_ids[-1] if self.sample_ids else 0)
         )
 
-    def extend(self, segments: Sequence[Segment]) -> None:
-        """Add several segments to the last sample."""
-        for segment in segments:
-            self.append(segment)
-
     def __len__(self) -> int:
         return sum(s.length for s in self.segments)
 
@@ -113,15 +108,6 @@ class SequencePlan:
             out.append(pos)
             pos += s.length
         return out
-
-    def find(self, role: str) -> list[int]:
-        """Indices of the segments with a given role."""
-        return [i for i, s in enumerate(self.segments) if s.role == role]
-
-    def token_slice(self, index: int) -> slice:
-        """Token range of segment ``index``."""
-        start = self.offsets()[index]
-        return slice(start, start + self.segments[index].length)
 
     def layout(self, device: torch.device | str | None = None) -> TokenLayout:
         """Per-token descriptors for masks, routing and positions."""

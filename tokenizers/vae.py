@@ -122,6 +122,25 @@ class VAEConfig:
         )
 
 
+def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Validated uint8 (H, W, 3) image, bicubically resized to ``size_hw`` (unchanged when already that size)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be a uint8 numpy array (H, W, 3), got {getattr(image, 'dtype', type(image).__name__)}."
+        )
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}.")
+    height, width = size_hw
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def to_unit_range(image: np.ndarray) -> Tensor:
+    """uint8 (H, W, 3) → float [3, H, W] in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
 class LatentCodec(nn.Module):
     """Pixels ⇄ normalised VAE latents ⇄ generation tokens. Frozen unless ``trainable=True``.
 
@@ -265,17 +284,7 @@ class LatentCodec(nn.Module):
 
     def preprocess(self, image: np.ndarray) -> Tensor:
         """uint8 (H, W, 3) → float [3, H', W'] in [-1, 1] at ``config.image_size`` (bicubic, no crop)."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise ValueError(
-                f"image must be a uint8 numpy array (H, W, 3), got {getattr(image, 'dtype', type(image).__name__)}."
-            )
-        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-            raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}.")
-        height, width = self.config.image_size
-        if image.shape[:2] != (height, width):
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()
-        return pixels / 127.5 - 1.0
+        return to_unit_range(resize_rgb(image, self.config.image_size))
 
     @staticmethod
     def postprocess(image: Tensor) -> Image.Image:
