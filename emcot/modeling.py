@@ -243,6 +243,8 @@ class EmCoTModel(PreTrainedModel):
         # Padding queries attend to themselves only, so no softmax row is empty.
         mask = ((k <= q) & valid[:, None, :]) | (k == q)
         experts = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        # Padding makes the mask differ per row; flex block masks are built from one shared plan,
+        # so padded batches use the dense-mask kernel with the same maths.
         backend = "eager" if self.attention_backend == "flex" else self.attention_backend
         return self.backbone(embeds, experts, positions, mask, backend, cache, write_cache=cache is not None)
 
