@@ -66,22 +66,33 @@ def sample_mode(sample: EmCoTSample) -> str:
 
 @dataclass(frozen=True)
 class ConditionDropout:
-    """Probabilities of dropping a generation sample's conditions, so guidance works at inference.
+    """Probabilities of dropping a sample's conditions, so guidance works at inference.
 
-    ``text`` hides the prompt from the noisy target (as the no-text guidance branch does), ``vit``
-    removes the context frames' ViT segments and ``vae`` their clean latent copies (as the no-image
-    branch does). Trace and VQA samples are never dropped.
+    Generation samples: ``text`` hides the prompt from the noisy target (as the no-text guidance
+    branch does), ``vit`` removes the context frames' ViT segments and ``vae`` their clean latent
+    copies (as the no-image branch does). Action-only samples (when ``action_samples``): ``text``
+    hides the prompt and marker from the action chunk, so it sees the observation alone, and ``vit``
+    removes the cameras, so it sees state and instruction alone — the two contexts of action
+    guidance. Like HALO, which drops conditions in its action-only data but never in EM-CoT traces,
+    samples with reasoning and VQA samples are never dropped: their text is what they learn.
     """
 
     text: float = 0.0
     vit: float = 0.0
     vae: float = 0.0
+    action_samples: bool = True
 
     def __post_init__(self) -> None:
         for name in ("text", "vit", "vae"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"ConditionDropout.{name} must be in [0, 1], got {value}")
+
+    def draw(self, rng: np.random.Generator | None) -> tuple[bool, bool, bool]:
+        """Whether to drop (text, vit, vae) for one sample; nothing without a generator."""
+        if rng is None:
+            return False, False, False
+        return rng.random() < self.text, rng.random() < self.vit, rng.random() < self.vae
 
 
 def sample_kind(sample: EmCoTSample) -> str:
@@ -194,14 +205,14 @@ class TraceCollator:
             return self._encode_vqa(sample, encode)
         if kind == "generation":
             return self._encode_generation(sample, rng, encode)
-        return self._encode_trace(sample, encode)
+        return self._encode_trace(sample, rng if self.dropout.action_samples else None, encode)
 
     def _vae_image(self, image: np.ndarray) -> np.ndarray:
         if self.processor.config.vae is None:
             raise ValueError("this sample needs a VAE image but the model has no VAE (config.vae is None)")
         return resize_rgb(np.asarray(image), self.processor.config.vae.image_size)
 
-    def _encode_trace(self, sample: EmCoTSample, encode: bool) -> _Encoded:
+    def _encode_trace(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool) -> _Encoded:
         proc, config = self.processor, self.processor.config
         mode = sample_mode(sample)
         proc.validate_observation(sample.observation)
@@ -209,7 +220,9 @@ class TraceCollator:
             raise ValueError(
                 "trace samples need an action chunk; mark VQA samples with metadata['kind'] = 'vqa'"
             )
-        vit = [self._vit(sample.observation.images[name], encode) for name in proc.cameras]
+        drop_text, drop_vit, _ = self.dropout.draw(rng if mode == "reactive" else None)
+        cameras = [] if drop_vit else proc.cameras
+        vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
         latents: list[torch.Tensor] = []
         subgoal_vit = None
         if mode == "full":
@@ -225,7 +238,7 @@ class TraceCollator:
         )
         out = _Encoded(layout, vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
         out.latent_refs = [0, 0] if mode == "full" else []
-        out.drop = [False] * len(layout.segments)
+        out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
         if encode:
             out.state = proc.encode_state(sample.observation, sample.robot)
             out.action = proc.encode_actions(sample.actions, sample.robot)
@@ -252,12 +265,7 @@ class TraceCollator:
         if sample.subgoal is None:
             raise ValueError("a generation sample needs the frame to predict in `subgoal`")
         frames = list(sample.observation.images.values())
-        drop = self.dropout
-        drop_text, drop_vit, drop_vae = (
-            (rng.random() < drop.text, rng.random() < drop.vit, rng.random() < drop.vae)
-            if rng is not None
-            else (False, False, False)
-        )
+        drop_text, drop_vit, drop_vae = self.dropout.draw(rng)
         vit = [] if drop_vit else [self._vit(frame, encode) for frame in frames]
         use_vae = sample.metadata.get("vae_context", True) and not drop_vae
         context = [self._vae_image(frame) for frame in frames] if use_vae else []

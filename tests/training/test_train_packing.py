@@ -100,6 +100,31 @@ def test_condition_dropout_hides_or_removes_conditions(policy):
     assert always(trace).plan.segments == TraceCollator(policy.processor)(trace).plan.segments
 
 
+def test_condition_dropout_of_action_only_samples(policy):
+    sample = synthetic_action_samples(1, seed=8)[0]
+    full = TraceCollator(policy.processor)([sample])
+    roles = [s.role for s in full.plan.segments]
+    assert roles == ["camera"] * roles.count("camera") + ["state", "prompt", "action_start", "actions"]
+    no_text = TraceCollator(policy.processor, ConditionDropout(text=1.0))(
+        [sample], rng=np.random.default_rng(0)
+    )
+    assert no_text.plan.segments == full.plan.segments
+    mask = no_text.plan.layout().mask(key_drop=no_text.key_drop)
+    observation = sum(s.length for s in full.plan.segments if s.role in ("camera", "state"))
+    horizon = full.plan.segments[-1].length
+    assert mask[-horizon:, :observation].all() and not mask[-horizon:, observation:-horizon].any()
+    no_vit = TraceCollator(policy.processor, ConditionDropout(vit=1.0))(
+        [sample], rng=np.random.default_rng(0)
+    )
+    assert [s.role for s in no_vit.plan.segments] == ["state", "prompt", "action_start", "actions"]
+    assert no_vit.key_drop is None and no_vit.vit_patches.shape[0] == 0
+    off = ConditionDropout(text=1.0, vit=1.0, action_samples=False)
+    kept = TraceCollator(policy.processor, off)([sample], rng=np.random.default_rng(0))
+    assert kept.plan.segments == full.plan.segments and kept.key_drop is None
+    out = compute_losses(policy.model, no_text, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.terms["action"])
+
+
 def test_padding_adds_loss_free_tokens(policy, mixed):
     collate = TraceCollator(policy.processor)
     longest = max(collate.num_tokens(s) for s in mixed[:4])
