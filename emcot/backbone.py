@@ -15,12 +15,13 @@ class ExpertRouting:
     """Which flattened tokens go to which expert, computed once per forward pass.
 
     Gathering by index and restoring order with one inverse permutation keeps the pass
-    differentiable and free of in-place writes.
+    differentiable and free of in-place writes. Experts named in ``idle`` are routed even when no
+    token selects them, with an empty token set, so their weights receive (zero) gradients.
     """
 
-    def __init__(self, expert_ids: torch.Tensor) -> None:
+    def __init__(self, expert_ids: torch.Tensor, idle: tuple[str, ...] = ()) -> None:
         flat = expert_ids.reshape(-1)
-        present = torch.unique(flat).tolist()
+        present = sorted(set(torch.unique(flat).tolist()) | {EXPERT_NAMES.index(name) for name in idle})
         self.single = EXPERT_NAMES[present[0]] if len(present) == 1 else None
         self.indices = {EXPERT_NAMES[e]: (flat == e).nonzero().squeeze(1) for e in present}
         if self.single is None:
@@ -89,6 +90,8 @@ class MoTBackbone(nn.Module):
         )
         self.rotary = RotaryEmbedding(first.head_dim, rope_theta)
         self.gradient_checkpointing = False
+        # Set by the FSDP trainer: every expert then gets a gradient in every training pass.
+        self.route_idle_experts = False
 
     def forward(
         self,
@@ -111,7 +114,10 @@ class MoTBackbone(nn.Module):
             expert_ids = expert_ids.expand(b, seq)
         if positions.dim() == 1:
             positions = positions.expand(b, seq)
-        routing = ExpertRouting(expert_ids)
+        idle = (
+            tuple(self.norms) if self.route_idle_experts and self.training and torch.is_grad_enabled() else ()
+        )
+        routing = ExpertRouting(expert_ids, idle)
         rope = self.rotary(positions, hidden.dtype)
         for i, layer in enumerate(self.layers):
             args = (routing, rope, mask, backend, cache, i, write_cache)

@@ -1,11 +1,12 @@
 """Training checkpoints, written atomically and read back without unpickling.
 
 ``<output>/checkpoint-<step>/`` holds ``model.safetensors`` (the training model, LoRA adapters
-included), ``ema.safetensors``, ``optimizer.pt`` (tensors and plain numbers only, loaded with
-``weights_only=True``), ``scheduler.json``, ``trainer_state.json`` (step and data position) and per
+included), ``ema.safetensors``, ``optimizer.pt`` (keyed by parameter name; tensors, names and plain
+numbers only, loaded with ``weights_only=True``), ``scheduler.json``, ``trainer_state.json`` (step and data position) and per
 process ``rng-<rank>.safetensors`` / ``rng-<rank>.json``. The folder is written as
 ``.checkpoint-<step>.tmp`` and renamed when complete, so a killed run never leaves a half checkpoint
-that looks finished.
+that looks finished. Weights and optimizer state are full tensors whether the run was sharded or
+not, so a checkpoint resumes under 1 process, DDP or FSDP alike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from emcot.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_model_state,
+    load_optimizer_state,
+)
 
 INITIAL_DIR = "initial"
 STATE_FILE = "trainer_state.json"
@@ -89,16 +97,19 @@ def save_checkpoint(trainer) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(trainer.module).items()}
+    # Gathering is collective under FSDP: every process takes part, the first one writes.
+    state = {k.removeprefix("model."): v for k, v in full_model_state(trainer.module).items()}
+    optimizer = full_optimizer_state(trainer.module, trainer.torch_optimizer)
+    ema = trainer.ema.state_dict(keep=acc.is_main_process) if trainer.ema is not None else None
     tensors, plain = _rng_state()
     save_file(tensors, str(tmp / f"rng-{acc.process_index}.safetensors"))
     (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(plain))
     if acc.is_main_process:
         unique, aliases = _dedupe(state)
         save_file(unique, str(tmp / "model.safetensors"))
-        if trainer.ema is not None:
-            save_file(trainer.ema.state_dict(), str(tmp / "ema.safetensors"))
-        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+        if ema is not None:
+            save_file(ema, str(tmp / "ema.safetensors"))
+        torch.save(optimizer, tmp / "optimizer.pt")
         sched = {k: v for k, v in trainer.scheduler.state_dict().items() if k != "lr_lambdas"}
         (tmp / "scheduler.json").write_text(json.dumps(sched))
         info = {
@@ -129,9 +140,8 @@ def load_checkpoint(trainer, folder: Path) -> int:
     state = load_file(str(folder / "model.safetensors"))
     for alias, kept in info["aliases"].items():
         state[alias] = state[kept]
-    model = trainer.model
     try:
-        model.load_state_dict(state, strict=True)
+        load_model_state(trainer.module, {f"model.{k}": v for k, v in state.items()})
     except RuntimeError as err:
         raise ValueError(
             f"{folder} does not fit this run's model ({str(err).splitlines()[0]}); resume with the same recipe"
@@ -143,8 +153,10 @@ def load_checkpoint(trainer, folder: Path) -> int:
                 f"{folder} has no EMA weights but the recipe uses EMA; resume with the same recipe"
             )
         trainer.ema.load_state_dict(load_file(str(ema_file)))
-    trainer.optimizer.load_state_dict(
-        torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    load_optimizer_state(
+        trainer.module,
+        trainer.torch_optimizer,
+        torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"),
     )
     sched = trainer.scheduler.state_dict()
     sched.update(json.loads((folder / "scheduler.json").read_text()))

@@ -30,6 +30,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="start from this policy folder (or previous run folder) instead of model.init",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard weights, gradients and optimizer state over the launched processes (FSDP2)",
+    )
     return parser
 
 
@@ -45,6 +50,8 @@ def run_train(args: argparse.Namespace) -> int:
             recipe = recipe.replace_steps(args.max_steps)
         if args.no_progress:
             recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, progress=False))
+        if args.fsdp:
+            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, fsdp=True))
         output = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
         result = train(recipe, output, resume=args.resume, init=args.init)
     except ValueError as err:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emcot.training.sharding import full_tensor, shard_like
+
 
 class EMA:
-    """``shadow ← decay·shadow + (1 − decay)·param`` after every optimizer step, in float32."""
+    """``shadow ← decay·shadow + (1 − decay)·param`` after every optimizer step, in float32.
+
+    Under FSDP each process averages its own shard; :meth:`state_dict` gathers full tensors.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
@@ -22,18 +27,23 @@ class EMA:
         for name, param in self.params.items():
             self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged weights by parameter name (float32)."""
-        return dict(self.shadow)
+    def state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The full averaged weights by parameter name (float32, CPU).
+
+        Every process must call it under FSDP (gathering is collective); those with ``keep`` False
+        take part without holding the result.
+        """
+        out = {}
+        for name, value in self.shadow.items():
+            gathered = full_tensor(value)
+            if keep:
+                out[name] = gathered.cpu()
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore averages saved by :meth:`state_dict`."""
         missing = sorted(set(self.shadow) - set(state))
         if missing:
             raise ValueError(f"the EMA checkpoint lacks {missing[:5]}; it was saved for another model setup")
-        for name in self.shadow:
-            self.shadow[name].copy_(state[name])
-
-    def values(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The averages cast to the dtypes of ``like`` (a model state dict)."""
-        return {k: v.to(like[k].dtype) for k, v in self.shadow.items() if k in like}
+        for name, value in self.shadow.items():
+            value.copy_(shard_like(state[name], value))

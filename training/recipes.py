@@ -124,12 +124,17 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Run length, seed, EMA, precision and the logging / validation / checkpoint periods."""
+    """Run length, seed, EMA, precision, sharding and the logging / validation / checkpoint periods.
+
+    ``fsdp`` shards weights, gradients and optimizer state over the processes of a distributed
+    launch (also implied by an accelerate config with ``distributed_type: FSDP``).
+    """
 
     total_steps: int = 100
     seed: int = 0
     ema_decay: float | None = None
     mixed_precision: str = "auto"
+    fsdp: bool = False
     save_every: int = 50
     keep_last: int = 2
     eval_every: int = 0

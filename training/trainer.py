@@ -3,9 +3,10 @@
 One optimizer step trains on ``packs_per_step`` packs. Every loss term (text cross-entropy,
 subgoal MSE, action L1) is a sum divided by its element count over *all* packs of the step on
 *all* processes (counted before the forward pass), so one process with gradient accumulation and
-N processes with DDP compute the same gradient. Flow noise, flow times and condition dropout are
-drawn from generators seeded by ``(seed, step, pack)``, and the data order is a pure function of
-the seed and the saved data position, so a resumed run repeats an uninterrupted one exactly.
+N processes with DDP or FSDP compute the same gradient. Flow noise, flow times and condition
+dropout are drawn from generators seeded by ``(seed, step, pack)``, and the data order is a pure
+function of the seed and the saved data position, so a resumed run repeats an uninterrupted one
+exactly.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from emcot.training.ema import EMA
 from emcot.training.finetune import FinetuneConfig, adapt_policy, apply_lora, merged_state_dict, set_trainable
 from emcot.training.packing import TokenPacker, shard_packs
 from emcot.training.recipes import Recipe, build_initial_policy, build_source
+from emcot.training.sharding import full_model_state, full_tensor, root_parameters, shard_module
 
 TERMS = ("text", "subgoal", "action")
 
@@ -51,15 +53,25 @@ class TrainResult:
 
 
 class LossModule(nn.Module):
-    """Wraps the model so DDP/FSDP see one forward: a packed batch → the weighted, globally normalised loss."""
+    """Wraps the model so DDP/FSDP see one forward: a packed batch → the weighted, globally normalised loss.
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``touch_all`` every trainable parameter outside the MoT layers joins the graph with weight
+    zero (the layers route empty token sets through idle experts during training): FSDP reduces
+    gradients unit by unit and hangs if processes disagree on which parameters received one, as
+    they do when one process's packs hold no image or action tokens.
+    """
+
+    def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.touch_all = touch_all
 
     def forward(self, batch, generator, weights: dict[str, float], counts: dict[str, float], scale: float):
         out = compute_losses(self.model, batch, generator)
         loss = sum(weights[k] * out.sums[k] / counts[k] for k in out.sums) * scale
+        if self.touch_all and self.training:
+            # Looked up per call: FSDP registers gathered tensors in place of the shards here.
+            loss = loss + 0.0 * sum(p.sum() for p in root_parameters(self))
         return loss, {k: v.detach().float() for k, v in out.sums.items()}
 
 
@@ -133,14 +145,23 @@ def export_policy(policy: EmCoTPolicy, state: dict[str, torch.Tensor], folder: P
 
 
 class Trainer:
-    """Runs a :class:`Recipe` with accelerate (one CPU/GPU, DDP or FSDP via ``accelerate launch``/``torchrun``)."""
+    """Runs a :class:`Recipe` with accelerate (one CPU/GPU, DDP or FSDP via ``accelerate launch``/``torchrun``).
+
+    FSDP (``train.fsdp``, or an accelerate config with ``distributed_type: FSDP``) is applied by
+    :mod:`emcot.training.sharding` rather than by accelerate, so it also runs on CPU processes.
+    """
 
     def __init__(self, recipe: Recipe, output_dir: str | Path, init: str | None = None) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 
         self.recipe = recipe
         self.out = Path(output_dir)
+        # accelerate keeps one precision per Python process; a second run in the same process
+        # (a notebook, a sweep) may ask for another, so drop the previous run's setting first.
+        # The process group (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = acc = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision=mixed_precision(recipe.train.mixed_precision),
@@ -149,8 +170,13 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         train = recipe.train
-        if train.ema_decay is not None and acc.distributed_type == DistributedType.FSDP:
-            raise ValueError("EMA is not supported with FSDP sharding; set train.ema_decay: null or use DDP")
+        self.sharded = train.fsdp or acc.distributed_type == DistributedType.FSDP
+        if self.sharded and recipe.data.validation and recipe.data.validation_packs % acc.num_processes:
+            raise ValueError(
+                f"with FSDP every process runs the same number of forward passes: set "
+                f"data.validation_packs ({recipe.data.validation_packs}) to a multiple of the "
+                f"{acc.num_processes} processes"
+            )
         initial = self.out / INITIAL_DIR
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +203,11 @@ class Trainer:
             seed=train.seed,
         )
         self.val_packs = self._validation_packs()
+        module = LossModule(model, touch_all=self.sharded)
+        if self.sharded:
+            model.backbone.route_idle_experts = True
+            # Sharding replaces the parameters, so the optimizer is built on the sharded ones.
+            shard_module(module, acc.device, acc.mixed_precision)
         opt = recipe.optim
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -185,7 +216,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, Schedule(opt.warmup_steps, train.total_steps, opt.schedule, opt.min_lr_ratio)
         )
-        self.module, self.optimizer = acc.prepare(LossModule(model), optimizer)
+        if self.sharded:
+            self.module, self.optimizer = module, optimizer
+        else:
+            self.module, self.optimizer = acc.prepare(module, optimizer)
         self.ema = EMA(model, train.ema_decay) if train.ema_decay is not None else None
         self.weights = {
             "text": recipe.loss.text_weight,
@@ -196,8 +230,24 @@ class Trainer:
 
     @property
     def model(self) -> nn.Module:
-        """The unwrapped training model."""
+        """The unwrapped training model (its parameters are shards under FSDP)."""
         return self.accelerator.unwrap_model(self.module).model
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW instance itself (accelerate wraps it outside FSDP)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def _no_sync(self):
+        """Skip the gradient reduction of all but a step's last pack."""
+        if self.sharded:
+            return _gradient_sync_off(self.module)
+        return self.accelerator.no_sync(self.module)
+
+    def _autocast(self):
+        # DDP and single runs get autocast from accelerate.prepare; FSDP casts weights itself, and
+        # autocast keeps float32 inputs (times, position tables) from meeting bfloat16 weights.
+        return self.accelerator.autocast() if self.sharded else contextlib.nullcontext()
 
     def _validation_packs(self) -> list[list]:
         data = self.recipe.data
@@ -237,14 +287,15 @@ class Trainer:
                 counts[k] = counts.get(k, 0) + n
         counts = self._reduce(counts)
         tokens_global = int(self._reduce({"text": tokens})["text"])
-        # Evaluation runs the unwrapped module: processes may hold different numbers of packs.
-        module = self.module if train else acc.unwrap_model(self.module)
+        # Evaluation runs the unwrapped module: processes may hold different numbers of packs
+        # (not under FSDP, whose forward is collective; its validation packs divide evenly).
+        module = self.module if train or self.sharded else acc.unwrap_model(self.module)
         sums: dict[str, float] = {}
         for j, (i, batch) in enumerate(batches):
             with torch.set_grad_enabled(train):
                 sync = not train or j == len(batches) - 1
-                ctx = acc.no_sync(self.module) if not sync else contextlib.nullcontext()
-                with ctx:
+                ctx = self._no_sync() if not sync else contextlib.nullcontext()
+                with ctx, self._autocast():
                     loss, part = module(
                         batch.to(acc.device),
                         self._generator(step, i, salt),
@@ -278,7 +329,12 @@ class Trainer:
         sums, counts, tokens = self._run_packs(local, self.step, salt=0, train=True)
         clip = self.recipe.optim.clip_grad_norm
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(self.accelerator.clip_grad_norm_(params, clip)) if clip else float("nan")
+        if not clip:
+            grad_norm = float("nan")
+        elif self.sharded:
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
+        else:
+            grad_norm = float(self.accelerator.clip_grad_norm_(params, clip))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -305,12 +361,14 @@ class Trainer:
     def export(self, name: str = "final") -> Path | None:
         """Save the trained policy (and ``<name>-ema`` with the EMA weights) as plain policy folders."""
         acc = self.accelerator
-        state = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.module).items()}
+        state = {k.removeprefix("model."): v for k, v in full_model_state(self.module).items()}
+        averaged = self.ema.state_dict(keep=acc.is_main_process) if self.ema is not None else None
         path = None
         if acc.is_main_process:
             path = export_policy(self.policy, state, self.out / name)
-            if self.ema is not None:
-                export_policy(self.policy, {**state, **self.ema.values(state)}, self.out / f"{name}-ema")
+            if averaged is not None:
+                averaged = {k: v.to(state[k].dtype) for k, v in averaged.items() if k in state}
+                export_policy(self.policy, {**state, **averaged}, self.out / f"{name}-ema")
         acc.wait_for_everyone()
         return path
 
@@ -352,6 +410,15 @@ class Trainer:
         if acc.is_main_process:
             with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+
+@contextlib.contextmanager
+def _gradient_sync_off(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 def train(
