@@ -1,9 +1,10 @@
-"""The ``emcot`` command line: demo, generate, info, train, annotate, convert."""
+"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, convert."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,28 +37,64 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _parse_images(items: list[str]) -> dict[str, np.ndarray]:
+def _read_image(path: str) -> np.ndarray:
     from PIL import Image
 
+    if not Path(path).is_file():
+        raise ValueError(f"no image file at '{path}'")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _parse_images(items: list[str]) -> dict[str, np.ndarray]:
     images = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--image takes CAMERA=PATH, got '{item}'")
         name, path = item.split("=", 1)
-        images[name] = np.asarray(Image.open(path).convert("RGB"))
+        images[name] = _read_image(path)
     return images
+
+
+def _load_policy(name: str):
+    from emcot.policy import EmCoTPolicy
+
+    return EmCoTPolicy.default() if name == "default" else EmCoTPolicy.from_pretrained(name)
 
 
 def cmd_generate(args) -> int:
     """Generate one trace from image files, a state and an instruction."""
-    from emcot.policy import EmCoTPolicy
     from emcot.types import Observation
 
-    policy = EmCoTPolicy.default() if args.policy == "default" else EmCoTPolicy.from_pretrained(args.policy)
+    policy = _load_policy(args.policy)
     state = np.array([float(v) for v in args.state.split(",")], np.float32) if args.state else None
     obs = Observation(_parse_images(args.image), state)
     trace = policy.generate_trace(obs, args.instruction, mode=args.mode, seed=args.seed)
     _print_trace(trace, Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_predict_frame(args) -> int:
+    """Imagine the next frame from context image files and a prompt, without a trace."""
+    policy = _load_policy(args.policy)
+    frames = [_read_image(path) for path in args.image]
+    start = time.perf_counter()
+    image = policy.predict_frame(
+        frames,
+        args.prompt,
+        seed=args.seed,
+        steps=args.steps,
+        text_guidance=args.text_guidance,
+        image_guidance=args.image_guidance,
+        vae_context=not args.no_vae_context,
+    )
+    elapsed = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(
+        f"frame       : {'x'.join(map(str, image.size))} from {len(frames)} context frame(s), {elapsed:.3f} s"
+    )
+    print(f"saved to    : {out}")
     return 0
 
 
@@ -143,6 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default=None)
     gen.set_defaults(func=cmd_generate)
+
+    frame = sub.add_parser("predict-frame", help="imagine the next frame from image files and a prompt")
+    frame.add_argument("--policy", default="default", help="policy folder, or 'default'")
+    frame.add_argument(
+        "--image", action="append", required=True, help="context frame PATH (repeat, oldest first)"
+    )
+    frame.add_argument("--prompt", required=True, help="e.g. 'Imagine the next scene: push the block left.'")
+    frame.add_argument("--out", required=True, help="where to write the predicted frame (.png)")
+    frame.add_argument("--seed", type=int, default=0)
+    frame.add_argument("--steps", type=int, default=None, help="denoising steps (default: the policy's)")
+    frame.add_argument("--text-guidance", type=float, default=None)
+    frame.add_argument("--image-guidance", type=float, default=None)
+    frame.add_argument(
+        "--no-vae-context", action="store_true", help="leave out the frames' clean VAE latent copies"
+    )
+    frame.set_defaults(func=cmd_predict_frame)
 
     info = sub.add_parser("info", help="summarise a policy folder or a preset")
     info.add_argument("folder", nargs="?")

@@ -160,7 +160,11 @@ class FlowSamplerConfig:
 
     @classmethod
     def actions(cls, **overrides: Any) -> FlowSamplerConfig:
-        """HALO's action preset: 10 linear steps, no guidance."""
+        """HALO's action preset: 10 linear steps, guidance off (scales 1.0).
+
+        Scales above 1 turn on action guidance (see ``TraceGenerator._act``); they help only a policy
+        whose action-only samples were trained with text and image dropout.
+        """
         return cls(**overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
-from emcot.flow import FlowSamplerConfig, GuidedVelocity, euler_sample, guidance_active
-from emcot.planner import action_segment, check_mode, observation_segments, prompt_ids, subgoal_segments, text
+from emcot.attention import KVCache
+from emcot.flow import FlowSamplerConfig, GuidedVelocity, VelocityFn, euler_sample, guidance_active
+from emcot.planner import (
+    action_segment,
+    check_mode,
+    observation_segments,
+    prompt_ids,
+    subgoal_segments,
+    text,
+    trace_layout,
+)
 from emcot.processor import EmCoTProcessor
 from emcot.sampling import next_token
 from emcot.sequence import Modality, Segment, SequencePlan
@@ -25,7 +35,11 @@ from emcot.trace_forward import embed_segments, embed_vit, latent_grid_of
 
 @dataclass
 class GenerationOptions:
-    """Per-call knobs of :meth:`EmCoTPolicy.generate_trace`; defaults are saved with the policy."""
+    """Per-call knobs of :meth:`EmCoTPolicy.generate_trace`; defaults are saved with the policy.
+
+    Steps and guidance scales left None take the model config's ``subgoal_sampler`` (``text_guidance``,
+    ``image_guidance``) and ``action_sampler`` (``action_text_guidance``, ``action_image_guidance``).
+    """
 
     mode: str = "full"
     max_reasoning_tokens: int = 96
@@ -37,12 +51,19 @@ class GenerationOptions:
     action_steps: int | None = None
     text_guidance: float | None = None
     image_guidance: float | None = None
+    action_text_guidance: float | None = None
+    action_image_guidance: float | None = None
     robot: str | None = None
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.max_reasoning_tokens < 1:
             raise ValueError(f"max_reasoning_tokens must be ≥ 1, got {self.max_reasoning_tokens}")
+        # Checked here so a bad scale fails before reasoning and the subgoal are spent.
+        for name in ("text_guidance", "image_guidance", "action_text_guidance", "action_image_guidance"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be ≥ 0 (1.0 disables guidance), got {value}")
 
     def replace(self, **changes) -> GenerationOptions:
         """A copy with some options changed; unknown names raise."""
@@ -65,6 +86,28 @@ class _Context:
     layout: list[Segment]
 
 
+# Segments an action-only sample keeps when its language is dropped (the no-text action branch).
+OBSERVATION_ROLES = ("camera", "state")
+
+
+def is_text(segment: Segment) -> bool:
+    """Whether a segment is text (prompt, reasoning, markers): what text-condition dropout hides."""
+    return segment.modality is Modality.TEXT
+
+
+@dataclass
+class GuidanceBranches:
+    """The unconditional branches of one denoising run; a branch left None costs nothing.
+
+    ``hide`` picks the cached segments the no-text branch hides from the noisy queries through the
+    key-drop mask (as training's condition dropout does); ``no_image`` is a separate plan and its
+    cache without the image conditions (see :meth:`TraceGenerator.no_image_context`).
+    """
+
+    hide: Callable[[Segment], bool] | None = None
+    no_image: tuple[SequencePlan, KVCache] | None = None
+
+
 class TraceGenerator:
     """Runs one policy step: observation + instruction → streamed :class:`TraceEvent` s."""
 
@@ -72,12 +115,14 @@ class TraceGenerator:
         self.model = model
         self.proc = processor
 
-    def _noise(self, shape, generator) -> torch.Tensor:
+    def noise(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        """Standard normal noise on the model's device and dtype (drawn on the CPU, so seeds agree)."""
         return torch.randn(shape, generator=generator).to(self.model.device, self.model.dtype)
 
-    def _sampler(
+    def sampler(
         self, base: FlowSamplerConfig, steps: int | None, text_g: float | None, image_g: float | None
-    ):
+    ) -> FlowSamplerConfig:
+        """``base`` with the per-call overrides that are not None (validated again)."""
         changes = {}
         if steps is not None:
             changes["num_steps"] = steps
@@ -98,8 +143,18 @@ class TraceGenerator:
     def _embed_text(self, ids: list[int]) -> torch.Tensor:
         return self.model.understanding.embed_tokens(torch.tensor(ids, device=self.model.device))[None]
 
-    def _velocity_fn(self, plan, cache, segment, embed, head, sampler, contexts):
-        """Velocity at (x_t, t) for a noisy segment after ``plan``, with optional guidance branches.
+    def velocity_fn(
+        self,
+        plan: SequencePlan,
+        cache: KVCache,
+        segment: Segment,
+        embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        head: Callable[[torch.Tensor], torch.Tensor],
+        sampler: FlowSamplerConfig,
+        guidance: GuidanceBranches,
+    ) -> VelocityFn:
+        """Velocity at (x_t, t) for a noisy ``segment`` after the cached ``plan``, with the guidance
+        branches that are set.
 
         Each branch's mask and positions are prepared once; every Euler step only embeds and runs.
         """
@@ -107,15 +162,12 @@ class TraceGenerator:
         query_plan = SequencePlan(plan.segments + [segment])
         start = len(plan)
         branches = {"cond": (model.prepare_query(query_plan, start), cache)}
-        if contexts.get("no_text"):
+        if guidance.hide is not None:
             layout = query_plan.layout(model.device)
-            is_text = torch.tensor(
-                [s.modality is Modality.TEXT for s in query_plan.segments], device=model.device
-            )
-            text_drop = is_text[layout.segment] & (torch.arange(len(query_plan), device=model.device) < start)
-            branches["no_text"] = (model.prepare_query(query_plan, start, text_drop), cache)
-        if "no_image" in contexts:
-            image_plan, image_cache = contexts["no_image"]
+            hidden = torch.tensor([guidance.hide(s) for s in plan.segments] + [False], device=model.device)
+            branches["no_text"] = (model.prepare_query(query_plan, start, hidden[layout.segment]), cache)
+        if guidance.no_image is not None:
+            image_plan, image_cache = guidance.no_image
             branches["no_image"] = (
                 model.prepare_query(SequencePlan(image_plan.segments + [segment]), len(image_plan)),
                 image_cache,
@@ -136,9 +188,18 @@ class TraceGenerator:
 
         return velocity
 
-    def _no_image_context(self, plan: SequencePlan, text_ids: list[list[int]], states: torch.Tensor | None):
-        """A separate cache of the plan without camera images (for image guidance)."""
-        keep = [i for i, s in enumerate(plan.segments) if s.role != "camera"]
+    def no_image_context(
+        self,
+        plan: SequencePlan,
+        text_ids: list[list[int]],
+        states: torch.Tensor | None,
+        drop: tuple[str, ...] = ("camera",),
+    ) -> tuple[SequencePlan, KVCache]:
+        """A separate cache of ``plan`` without its segments of the roles ``drop`` (image guidance).
+
+        What remains must be text or state: it is embedded from ``text_ids`` and ``states`` alone.
+        """
+        keep = [i for i, s in enumerate(plan.segments) if s.role not in drop]
         ctx = SequencePlan([plan.segments[i] for i in keep])
         ids = torch.tensor([t for i in keep for t in text_ids[i]], dtype=torch.long, device=self.model.device)
         embeds = embed_segments(self.model, ctx.segments, ids, [], states, [], latent_grid_of(self.model))
@@ -172,7 +233,8 @@ class TraceGenerator:
         state = proc.encode_state(observation, options.robot)
         states = state[None].to(model.device) if state is not None else None
         obs_segments = observation_segments([h * w for h, w in grids], state is not None)
-        prompt_seg, ids = text(prompt_ids(proc.tokenizer.frame_prompt(instruction), mode, special), "prompt")
+        framed = proc.tokenizer.frame_prompt(instruction)
+        prompt_seg, ids = text(prompt_ids(framed, mode, special), "prompt")
         ctx = _Context(SequencePlan(), model.new_cache(), [], [])
         prefix = SequencePlan(obs_segments + [prompt_seg])
         vit = embed_vit(model, patches.to(model.device), grids)
@@ -206,7 +268,7 @@ class TraceGenerator:
             marker = [special.action_start]
             self._append(ctx, text(marker, "action_start")[0], self._embed_text(marker), marker)
 
-        actions = self._act(ctx, options, generator)
+        actions = self._act(ctx, options, generator, framed, states)
         lap("actions")
         yield TraceEvent("actions", actions=actions)
         timings["total"] = sum(timings.values())
@@ -249,6 +311,12 @@ class TraceGenerator:
                 return shown
             logits = model.understanding.logits(hidden[:, -1])
 
+    def decode_image(self, x0: torch.Tensor) -> Image.Image:
+        """Denoised latent tokens ``[1, n, d]`` of one image → RGB image through the latent codec."""
+        codec = self.model.latent_codec
+        image = codec.decode(codec.unpatchify(x0, latent_grid_of(self.model)))[0]
+        return codec.postprocess(image.float())
+
     def _imagine(self, ctx: _Context, options: GenerationOptions, states, generator):
         """Denoise the subgoal latents against the cache, then append its clean latent and ViT copies."""
         model, proc, special = self.model, self.proc, self.proc.special
@@ -257,28 +325,32 @@ class TraceGenerator:
         grid = latent_grid_of(model)
         n_tokens = grid[0] * grid[1]
         block = subgoal_segments(n_tokens, 0)
-        sampler = self._sampler(
+        sampler = self.sampler(
             model.config.subgoal_sampler, options.subgoal_steps, options.text_guidance, options.image_guidance
         )
-        contexts = {"no_text": sampler.text_guidance != 1.0}
-        if sampler.image_guidance != 1.0:
-            contexts["no_image"] = self._no_image_context(ctx.plan, ctx.text_ids, states)
-        velocity = self._velocity_fn(
+        guidance = GuidanceBranches(
+            hide=is_text if sampler.text_guidance != 1.0 else None,
+            no_image=(
+                self.no_image_context(ctx.plan, ctx.text_ids, states)
+                if sampler.image_guidance != 1.0
+                else None
+            ),
+        )
+        velocity = self.velocity_fn(
             ctx.plan,
             ctx.cache,
             block["noisy"],
             lambda x, t: model.subgoal.embed(x, t, grid),
             model.subgoal.velocity,
             sampler,
-            contexts,
+            guidance,
         )
-        noise = self._noise((1, n_tokens, model.subgoal.latent_in.in_features), generator)
+        noise = self.noise((1, n_tokens, model.subgoal.latent_in.in_features), generator)
         x0 = euler_sample(velocity, noise, sampler)
         ctx.layout.append(block["noisy"])
         clean = model.subgoal.embed(x0, torch.zeros(1, device=model.device, dtype=x0.dtype), grid)
         self._append(ctx, block["clean"], clean)
-        image = model.latent_codec.decode(model.latent_codec.unpatchify(x0, grid))[0]
-        subgoal = model.latent_codec.postprocess(image.float())
+        subgoal = self.decode_image(x0)
         if model.config.subgoal_vit_copy:
             sub_patches, sub_grid = proc.vision(np.asarray(subgoal))
             vit_copy = embed_vit(model, sub_patches.to(model.device), [sub_grid])[0]
@@ -289,17 +361,49 @@ class TraceGenerator:
         self._append(ctx, text(marker, "action_start")[0], self._embed_text(marker), marker)
         return subgoal
 
-    def _act(self, ctx: _Context, options: GenerationOptions, generator) -> np.ndarray:
-        """Denoise the action chunk against the cache; returns robot units."""
+    def _act(
+        self, ctx: _Context, options: GenerationOptions, generator, framed: list[int], states
+    ) -> np.ndarray:
+        """Denoise the action chunk against the cache, with HALO-style guidance when its scales
+        differ from 1; returns robot units.
+
+        The branches match the condition dropout of action-only training samples: no-text sees only
+        the observation (cameras and state), no-image is the reactive sample of this step (state,
+        plain prompt ``framed``, ``<|action_start|>``) with its cameras dropped.
+        """
         model = self.model
         horizon = model.config.action.horizon
-        sampler = self._sampler(model.config.action_sampler, options.action_steps, None, None)
+        sampler = self.sampler(
+            model.config.action_sampler,
+            options.action_steps,
+            options.action_text_guidance,
+            options.action_image_guidance,
+        )
+        guidance = GuidanceBranches()
+        if sampler.text_guidance != 1.0:
+            guidance.hide = lambda s: s.role not in OBSERVATION_ROLES
+        if sampler.image_guidance != 1.0:
+            reactive = trace_layout(
+                mode="reactive",
+                vit_lengths=[s.length for s in ctx.plan.segments if s.role == "camera"],
+                has_state=states is not None,
+                framed_instruction=framed,
+                special=self.proc.special,
+                reasoning=None,
+                subgoal_tokens=0,
+                subgoal_vit_tokens=0,
+                horizon=horizon,
+            )
+            # Everything before the action chunk, cameras dropped by no_image_context.
+            guidance.no_image = self.no_image_context(
+                SequencePlan(reactive.segments[:-1]), reactive.text_ids[:-1], states
+            )
         segment = action_segment(horizon)
-        velocity = self._velocity_fn(
-            ctx.plan, ctx.cache, segment, model.action.embed_actions, model.action.velocity, sampler, {}
+        velocity = self.velocity_fn(
+            ctx.plan, ctx.cache, segment, model.action.embed_actions, model.action.velocity, sampler, guidance
         )
         x0 = euler_sample(
-            velocity, self._noise((1, horizon, model.config.action.action_dim), generator), sampler
+            velocity, self.noise((1, horizon, model.config.action.action_dim), generator), sampler
         )
         ctx.layout.append(segment)
         return self.proc.decode_actions(x0[0], options.robot)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from emcot.frame_prediction import FramePredictor, Frames
 from emcot.generation import GenerationOptions, TraceGenerator
 from emcot.modeling import EmCoTModel
 from emcot.processor import EmCoTProcessor
@@ -39,6 +41,7 @@ class EmCoTPolicy:
         self.processor = processor
         self.generation = generation or GenerationOptions()
         self._generator = TraceGenerator(model, processor)
+        self._frames = FramePredictor(self._generator)
 
     @property
     def config(self):
@@ -67,7 +70,8 @@ class EmCoTPolicy:
 
         ``mode``: ``"full"``, ``"reason"`` (no subgoal) or ``"reactive"`` (actions only). Other
         keyword options override the saved :class:`GenerationOptions` (e.g. ``subgoal_steps``,
-        ``text_guidance``, ``max_reasoning_tokens``, ``robot``). The same ``seed`` gives the same trace.
+        ``text_guidance``, ``action_text_guidance``, ``max_reasoning_tokens``, ``robot``). The same
+        ``seed`` gives the same trace.
         """
         for event in self.stream_trace(observation, instruction, mode=mode, seed=seed, **options):
             if event.kind == "done":
@@ -88,6 +92,36 @@ class EmCoTPolicy:
             options["mode"] = mode
         opts = self.generation.replace(**options)
         return self._generator.stream(observation, instruction, opts, seed)
+
+    def predict_frame(
+        self,
+        frames: Frames,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        text_guidance: float | None = None,
+        image_guidance: float | None = None,
+        vae_context: bool = True,
+    ) -> Image.Image:
+        """Imagine the next frame from context frames and a prompt, without a trace.
+
+        ``frames``: a uint8 (H, W, 3) array, a list of them (oldest first) or a dict like
+        ``Observation.images``. ``prompt`` is what a ``generation`` training sample carries as its
+        instruction (e.g. ``"Imagine the next scene: push the red block to the left."``). ``steps``
+        and the guidance scales override ``config.subgoal_sampler``; ``vae_context=False`` drops the
+        frames' clean latent copies, as samples with ``metadata["vae_context"] = False`` are trained.
+        The same ``seed`` gives the same image.
+        """
+        return self._frames.predict(
+            frames,
+            prompt,
+            seed=seed,
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+            vae_context=vae_context,
+        )
 
     def example_observation(self, seed: int = 0) -> Observation:
         """A valid observation for this policy: every camera at a typical size, a state of the right size."""
