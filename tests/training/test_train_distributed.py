@@ -126,3 +126,22 @@ def test_bf16_runs_track_float32_with_float32_master_weights(single):
         weights = load_file(root / run / "final" / "model.safetensors")
         assert {w.dtype for w in weights.values()} == {torch.float32}
     assert metrics(root / "one-bf16")[0]["loss"] != reference[0]["loss"], "autocast did not run in bf16"
+
+
+def test_fsdp_lora_finetuning_on_a_new_robot_equals_one_process(tmp_path):
+    data = yaml.safe_load((RECIPE_DIR / "finetune-tiny.yaml").read_text())
+    data["finetune"]["lora"] = {"experts": ["act"], "r": 4, "alpha": 8}
+    data["data"]["packing"]["packs_per_step"] = 2
+    data["train"].update(total_steps=3, save_every=3, ema_decay=0.9, progress=False)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(data))
+    train(load_recipe(recipe_file), tmp_path / "one")
+    # The sharded run starts from the same adapted policy (new action/state sizes, frozen parts).
+    torchrun(tmp_path, recipe_file, tmp_path / "one" / "initial", tmp_path / "fsdp", "--fsdp")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "fsdp")
+    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-5)
+    w1 = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    w2 = load_file(tmp_path / "fsdp" / "final" / "model.safetensors")
+    assert w1.keys() == w2.keys() and not any("lora" in k for k in w2)
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
