@@ -50,3 +50,14 @@ def segment_key_drop(plan: SequencePlan, hidden: list[bool]) -> torch.Tensor:
     """A per-token key-drop mask from one flag per segment."""
     lengths = torch.tensor([s.length for s in plan.segments])
     return torch.repeat_interleave(torch.tensor(hidden), lengths)
+
+
+def backbone_calls(policy, run) -> int:
+    """How many backbone passes ``run()`` makes (guidance branches each cost one per step)."""
+    calls = []
+    handle = policy.model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return len(calls)

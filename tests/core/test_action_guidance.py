@@ -54,30 +54,20 @@ def act(policy, sample, mode="reactive", **options):
     return policy.generate_trace(sample.observation, sample.instruction, mode=mode, seed=0, **options)
 
 
-def backbone_calls(policy, run) -> int:
-    calls = []
-    handle = policy.model.backbone.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return len(calls)
-
-
 def test_unit_scales_are_the_unguided_actions_at_no_cost(policy, sample, monkeypatch):
     plain = act(policy, sample)
-    plain_calls = backbone_calls(policy, lambda: act(policy, sample))
+    plain_calls = teacher_forcing.backbone_calls(policy, lambda: act(policy, sample))
     steps = policy.config.action_sampler.num_steps
     assert plain_calls == 2 + steps  # prefix, <|action_start|>, one pass per Euler step
     guided = FlowSamplerConfig.actions(text_guidance=2.0, image_guidance=1.5)
     monkeypatch.setattr(policy.model.config, "action_sampler", guided)
     unit = {"action_text_guidance": 1.0, "action_image_guidance": 1.0}
     assert np.array_equal(act(policy, sample, **unit).actions, plain.actions)
-    assert backbone_calls(policy, lambda: act(policy, sample, **unit)) == plain_calls
+    assert teacher_forcing.backbone_calls(policy, lambda: act(policy, sample, **unit)) == plain_calls
     # Unset options take the config's scales; both branches cost the no-image prefill and 2 passes a step.
     from_config = act(policy, sample)
     assert np.array_equal(from_config.actions, act(policy, sample, **GUIDED).actions)
-    assert backbone_calls(policy, lambda: act(policy, sample)) == plain_calls + 1 + 2 * steps
+    assert teacher_forcing.backbone_calls(policy, lambda: act(policy, sample)) == plain_calls + 1 + 2 * steps
 
 
 @pytest.mark.parametrize("mode", ["reactive", "full"])

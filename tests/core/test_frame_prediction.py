@@ -46,16 +46,6 @@ def scene():
     return frames, sample
 
 
-def backbone_calls(policy, run) -> int:
-    calls = []
-    handle = policy.model.backbone.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        run()
-    finally:
-        handle.remove()
-    return len(calls)
-
-
 @pytest.mark.parametrize("vae_context", [True, False])
 def test_prediction_layout_equals_the_training_layout(policy, scene, vae_context):
     frames, sample = scene
@@ -109,19 +99,19 @@ def test_seeds_and_guidance(policy, scene, monkeypatch):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
     # Scale 1.0 per call overrides guided defaults: the unguided image, with no extra forward pass.
-    plain_calls = backbone_calls(policy, lambda: predict(seed=1))
+    plain_calls = teacher_forcing.backbone_calls(policy, lambda: predict(seed=1))
     assert plain_calls == 1 + steps
     guided_config = FlowSamplerConfig.subgoal(text_guidance=3.0, image_guidance=2.0)
     monkeypatch.setattr(policy.model.config, "subgoal_sampler", guided_config)
     unit = {"text_guidance": 1.0, "image_guidance": 1.0}
     assert np.array_equal(predict(seed=1, **unit), a)
-    assert backbone_calls(policy, lambda: predict(seed=1, **unit)) == plain_calls
+    assert teacher_forcing.backbone_calls(policy, lambda: predict(seed=1, **unit)) == plain_calls
     for kw in ({"text_guidance": 1.0}, {"image_guidance": 1.0}, {}):
         guided = predict(seed=1, **kw)
         assert not np.array_equal(guided, a)
         assert np.array_equal(guided, predict(seed=1, **kw))
     # Both branches: the no-image prefill, then two extra passes per step (all 4 steps lie in t > 0.4).
-    assert backbone_calls(policy, lambda: predict(seed=1)) == plain_calls + 1 + 2 * steps
+    assert teacher_forcing.backbone_calls(policy, lambda: predict(seed=1)) == plain_calls + 1 + 2 * steps
 
 
 def test_single_array_list_and_dict_frames_agree(policy, scene):
