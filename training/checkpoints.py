@@ -2,8 +2,8 @@
 
 ``<output>/checkpoint-<step>/`` holds ``model.safetensors`` (the training model, LoRA adapters
 included), ``ema.safetensors``, ``optimizer.pt`` (keyed by parameter name; tensors, names and plain
-numbers only, loaded with ``weights_only=True``), ``scheduler.json``, ``trainer_state.json`` (step and data position) and per
-process ``rng-<rank>.safetensors`` / ``rng-<rank>.json``. The folder is written as
+numbers only, loaded with ``weights_only=True``), ``scheduler.json``, ``trainer_state.json`` (step
+and data position) and per process ``rng-<rank>.safetensors`` / ``rng-<rank>.json``. The folder is written as
 ``.checkpoint-<step>.tmp`` and renamed when complete, so a killed run never leaves a half checkpoint
 that looks finished. Weights and optimizer state are full tensors whether the run was sharded or
 not, so a checkpoint resumes under 1 process, DDP or FSDP alike.
