@@ -90,7 +90,8 @@ class MoTBackbone(nn.Module):
         )
         self.rotary = RotaryEmbedding(first.head_dim, rope_theta)
         self.gradient_checkpointing = False
-        # Set by the FSDP trainer: every expert then gets a gradient in every training pass.
+        # Set by the trainer's LossModule under FSDP: every expert then gets a gradient in every
+        # training pass.
         self.route_idle_experts = False
 
     def forward(

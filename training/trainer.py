@@ -55,16 +55,18 @@ class TrainResult:
 class LossModule(nn.Module):
     """Wraps the model so DDP/FSDP see one forward: a packed batch → the weighted, globally normalised loss.
 
-    With ``touch_all`` every trainable parameter outside the MoT layers joins the graph with weight
-    zero (the layers route empty token sets through idle experts during training): FSDP reduces
-    gradients unit by unit and hangs if processes disagree on which parameters received one, as
-    they do when one process's packs hold no image or action tokens.
+    With ``touch_all`` every trainable parameter gets a gradient in every training pass: the MoT
+    layers route empty token sets through idle experts, and the parameters outside them join the
+    loss with weight zero. FSDP reduces gradients unit by unit and hangs if processes disagree on
+    which parameters received one, as they do when one process's packs hold no image or action
+    tokens.
     """
 
     def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
         super().__init__()
         self.model = model
         self.touch_all = touch_all
+        model.backbone.route_idle_experts = touch_all
 
     def forward(self, batch, generator, weights: dict[str, float], counts: dict[str, float], scale: float):
         out = compute_losses(self.model, batch, generator)
@@ -205,7 +207,6 @@ class Trainer:
         self.val_packs = self._validation_packs()
         module = LossModule(model, touch_all=self.sharded)
         if self.sharded:
-            model.backbone.route_idle_experts = True
             # Sharding replaces the parameters, so the optimizer is built on the sharded ones.
             shard_module(module, acc.device, acc.mixed_precision)
         opt = recipe.optim
