@@ -1,13 +1,144 @@
-"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, convert."""
+"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, convert.
+
+Every failure ends as one line ``emcot <command>: error: <message>`` on stderr: exit 2 for a usage
+error (caught by the argument types before any work), 1 for a failure in the work, 130 for Ctrl-C.
+``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+# Errors a user causes (a bad file, a bad value): their message is the whole story.
+_USER_ERRORS = (ValueError, OSError, yaml.YAMLError, KeyboardInterrupt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types: argparse turns their ArgumentTypeError into a usage error before any work.
+
+
+def finite_float(text: str) -> float:
+    """A number that is neither NaN nor infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got '{text}'")
+    return value
+
+
+def state_vector(text: str) -> np.ndarray:
+    """Comma-separated finite numbers, e.g. ``0.1,0.2,0,1``."""
+    try:
+        values = [finite_float(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got '{text}'") from None
+    return np.array(values, np.float32)
+
+
+def camera_path(text: str) -> tuple[str, str]:
+    """``CAMERA=PATH`` → ``(camera, path)``."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"expected CAMERA=PATH, got '{text}'")
+    return name, path
+
+
+def _refuse_file_ancestor(path: Path) -> None:
+    # mkdir would fail below a file only after the work is done.
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"'{parent}' is a file, so '{path}' cannot be created")
+            return
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: existing, or creatable."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a file; give a folder")
+    _refuse_file_ancestor(path)
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a folder, and creatable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a folder; give a file path")
+    _refuse_file_ancestor(path)
+    return path
+
+
+def image_output(text: str) -> Path:
+    """An image file to write, its format named by an extension Pillow can write (.png, .jpg, ...)."""
+    path = output_file(text)
+    if _image_format(path) is None:
+        raise argparse.ArgumentTypeError(f"'{path}' needs an image extension Pillow can write, e.g. .png")
+    return path
+
+
+def _image_format(path: Path) -> str | None:
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    return fmt if fmt in Image.SAVE else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Image files.
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """The RGB pixels of an image file; a missing, non-image or truncated file raises ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"'{path}' is a folder, not an image file")
+    if not path.is_file():
+        raise ValueError(f"no image file at '{path}'")
+    try:
+        with Image.open(path) as image:
+            image.load()  # open() reads only the header; a truncated file fails while decoding
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        reason = "unknown image format" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise ValueError(f"'{path}' is not a readable image ({reason})") from err
+
+
+def save_image(image, path: Path) -> Path:
+    """Write ``image`` through a temporary file, so an interrupted save never leaves a torn image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format=_image_format(path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _print_trace(trace, out: Path | None) -> None:
@@ -29,29 +160,19 @@ def cmd_demo(args) -> int:
     policy = EmCoTPolicy.default()
     sample = synthetic_samples(1, seed=args.seed)[0]
     trace = policy.generate_trace(sample.observation, sample.instruction, mode=args.mode, seed=args.seed)
-    _print_trace(trace, Path(args.out))
-    sample_path = Path(args.out) / "observation.png"
+    _print_trace(trace, args.out)
     from PIL import Image
 
-    Image.fromarray(sample.observation.images[policy.cameras[0]]).save(sample_path)
+    save_image(Image.fromarray(sample.observation.images[policy.cameras[0]]), args.out / "observation.png")
     return 0
 
 
-def _read_image(path: str) -> np.ndarray:
-    from PIL import Image
-
-    if not Path(path).is_file():
-        raise ValueError(f"no image file at '{path}'")
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _parse_images(items: list[str]) -> dict[str, np.ndarray]:
+def _read_camera_images(items: list[tuple[str, str]]) -> dict[str, np.ndarray]:
     images = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--image takes CAMERA=PATH, got '{item}'")
-        name, path = item.split("=", 1)
-        images[name] = _read_image(path)
+    for name, path in items:
+        if name in images:
+            raise ValueError(f"camera '{name}' is given twice with --image")
+        images[name] = read_image(path)
     return images
 
 
@@ -65,18 +186,17 @@ def cmd_generate(args) -> int:
     """Generate one trace from image files, a state and an instruction."""
     from emcot.types import Observation
 
+    obs = Observation(_read_camera_images(args.image), args.state)  # file errors before the model loads
     policy = _load_policy(args.policy)
-    state = np.array([float(v) for v in args.state.split(",")], np.float32) if args.state else None
-    obs = Observation(_parse_images(args.image), state)
     trace = policy.generate_trace(obs, args.instruction, mode=args.mode, seed=args.seed)
-    _print_trace(trace, Path(args.out) if args.out else None)
+    _print_trace(trace, args.out)
     return 0
 
 
 def cmd_predict_frame(args) -> int:
     """Imagine the next frame from context image files and a prompt, without a trace."""
+    frames = [read_image(path) for path in args.image]  # file errors before the model loads
     policy = _load_policy(args.policy)
-    frames = [_read_image(path) for path in args.image]
     start = time.perf_counter()
     image = policy.predict_frame(
         frames,
@@ -88,13 +208,10 @@ def cmd_predict_frame(args) -> int:
         vae_context=not args.no_vae_context,
     )
     elapsed = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
     print(
         f"frame       : {'x'.join(map(str, image.size))} from {len(frames)} context frame(s), {elapsed:.3f} s"
     )
-    print(f"saved to    : {out}")
+    print(f"saved to    : {save_image(image, args.out)}")
     return 0
 
 
@@ -158,87 +275,140 @@ def cmd_info(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other emcot error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _harden(parser: argparse.ArgumentParser, **types) -> None:
+    """Give a sub-command module's flags our checks: ``types`` by dest, finite numbers for floats."""
+    for action in parser._actions:  # argparse has no public way to reach added arguments
+        if action.dest in types:
+            action.type = types[action.dest]
+        elif action.type is float:
+            action.type = finite_float
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emcot`` command."""
-    parser = argparse.ArgumentParser(
-        prog="emcot", description="Embodied multimodal chain-of-thought policies."
-    )
+    parser = _Parser(prog="emcot", description="Embodied multimodal chain-of-thought policies.")
+    debug_help = "on a failure, print the full traceback"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # ``--debug`` also after the command; SUPPRESS keeps a sub-command from resetting the global one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the bundled tiny policy and write a full trace")
-    demo.add_argument("--out", default="emcot-demo", help="folder for reasoning.txt, subgoal.png, trace.json")
+    def add_command(name: str, func, **kwargs) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], **kwargs)
+        command.set_defaults(func=func)
+        return command
+
+    demo = add_command("demo", cmd_demo, help="run the bundled tiny policy and write a full trace")
+    demo.add_argument(
+        "--out",
+        type=output_folder,
+        default="emcot-demo",
+        help="folder for reasoning.txt, subgoal.png, trace.json",
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--mode", default="full", choices=["full", "reason", "reactive"])
-    demo.set_defaults(func=cmd_demo)
 
-    gen = sub.add_parser("generate", help="generate a trace from image files")
+    gen = add_command("generate", cmd_generate, help="generate a trace from image files")
     gen.add_argument("--policy", default="default", help="policy folder, or 'default'")
-    gen.add_argument("--image", action="append", required=True, help="CAMERA=PATH (repeat per camera)")
-    gen.add_argument("--state", default=None, help="comma-separated state vector in robot units")
+    gen.add_argument(
+        "--image", type=camera_path, action="append", required=True, help="CAMERA=PATH (repeat per camera)"
+    )
+    gen.add_argument(
+        "--state", type=state_vector, default=None, help="comma-separated state vector in robot units"
+    )
     gen.add_argument("--instruction", required=True)
     gen.add_argument("--mode", default=None, choices=["full", "reason", "reactive"])
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", default=None)
-    gen.set_defaults(func=cmd_generate)
+    gen.add_argument("--out", type=output_folder, default=None, help="folder to save the trace in")
 
-    frame = sub.add_parser("predict-frame", help="imagine the next frame from image files and a prompt")
+    frame = add_command(
+        "predict-frame", cmd_predict_frame, help="imagine the next frame from image files and a prompt"
+    )
     frame.add_argument("--policy", default="default", help="policy folder, or 'default'")
     frame.add_argument(
         "--image", action="append", required=True, help="context frame PATH (repeat, oldest first)"
     )
     frame.add_argument("--prompt", required=True, help="e.g. 'Imagine the next scene: push the block left.'")
-    frame.add_argument("--out", required=True, help="where to write the predicted frame (.png)")
+    frame.add_argument(
+        "--out", type=image_output, required=True, help="where to write the predicted frame (.png)"
+    )
     frame.add_argument("--seed", type=int, default=0)
-    frame.add_argument("--steps", type=int, default=None, help="denoising steps (default: the policy's)")
-    frame.add_argument("--text-guidance", type=float, default=None)
-    frame.add_argument("--image-guidance", type=float, default=None)
+    frame.add_argument(
+        "--steps", type=positive_int, default=None, help="denoising steps (default: the policy's)"
+    )
+    frame.add_argument("--text-guidance", type=finite_float, default=None)
+    frame.add_argument("--image-guidance", type=finite_float, default=None)
     frame.add_argument(
         "--no-vae-context", action="store_true", help="leave out the frames' clean VAE latent copies"
     )
-    frame.set_defaults(func=cmd_predict_frame)
 
-    info = sub.add_parser("info", help="summarise a policy folder or a preset")
-    info.add_argument("folder", nargs="?")
-    info.add_argument("--preset", default=None)
-    info.set_defaults(func=cmd_info)
+    info = add_command("info", cmd_info, help="summarise a policy folder or a preset")
+    what = info.add_mutually_exclusive_group(required=True)
+    what.add_argument("folder", nargs="?", help="policy or model folder")
+    what.add_argument("--preset", default=None)
 
     from emcot.training.annotate_pipeline import add_annotate_arguments, run_annotate
 
-    annotate = sub.add_parser(
-        "annotate", help="annotate a LeRobot dataset with EM-CoT reasoning and subgoals"
+    annotate = add_command(
+        "annotate", run_annotate, help="annotate a LeRobot dataset with EM-CoT reasoning and subgoals"
     )
     add_annotate_arguments(annotate)
-    annotate.set_defaults(func=run_annotate)
+    _harden(annotate, out=output_file)
 
     from emcot.training.cli_train import add_train_arguments, run_train
 
-    train = sub.add_parser("train", help="train with a YAML recipe (a path or a shipped recipe name)")
+    train = add_command("train", run_train, help="train with a YAML recipe (a path or a shipped recipe name)")
     add_train_arguments(train)
-    train.set_defaults(func=run_train)
+    _harden(train, output_dir=output_folder, max_steps=positive_int)
 
     from emcot.convert_halo import add_convert_arguments, run_convert
 
-    convert = sub.add_parser("convert", help="convert checkpoints of other formats into emcot policies")
+    convert = sub.add_parser(
+        "convert", parents=[common], help="convert checkpoints of other formats into emcot policies"
+    )
     formats = convert.add_subparsers(dest="format", required=True)
     halo = formats.add_parser(
-        "halo", help="an official HALO/BAGEL checkpoint folder → an emcot policy folder"
+        "halo", parents=[common], help="an official HALO/BAGEL checkpoint folder → an emcot policy folder"
     )
     add_convert_arguments(halo)
+    _harden(halo, dst=output_folder, horizon=positive_int, subgoal_size=positive_int)
     halo.set_defaults(func=run_convert)
     return parser
 
 
+def _describe(err: BaseException) -> str:
+    """``err`` as the one line a user reads: what went wrong, not where."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, OSError) and err.strerror:  # "No such file or directory: 'x'", not "[Errno 2] ..."
+        return f"{err.strerror}: '{err.filename}'" if err.filename else err.strerror
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"invalid YAML: {err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if isinstance(err, _USER_ERRORS):
+        return str(err)  # a multi-line ValueError keeps its lines: they were written for the user
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``emcot`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "info" and not (args.folder or args.preset):
-        parser.error("info needs a FOLDER or --preset NAME")
+    """Entry point of the ``emcot`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:
-        print(f"emcot {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug or isinstance(err, _USER_ERRORS) else " (run with --debug for the traceback)"
+        print(f"emcot {args.command}: error: {_describe(err)}{hint}", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_generate_from_image_files(tmp_path, capsys):
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
-    assert main(["generate", "--image", f"wrist={img}", "--instruction", "go"]) == 2
+    assert main(["generate", "--image", f"wrist={img}", "--instruction", "go"]) == 1
     assert "unknown ['wrist']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["info"])
@@ -85,7 +85,7 @@ def test_convert_halo_is_wired(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "halo", "--help"])
     assert exit_info.value.code == 0 and "--base" in capsys.readouterr().out
-    assert main(["convert", "halo", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert main(["convert", "halo", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
 
 
 def test_train_is_wired(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from emcot.cli import main
@@ -33,12 +34,13 @@ def test_predict_frame_writes_the_policy_prediction(tmp_path, capsys):
 def test_predict_frame_reports_errors(tmp_path, capsys):
     out = str(tmp_path / "x.png")
     assert (
-        main(["predict-frame", "--image", str(tmp_path / "missing.png"), "--prompt", "go", "--out", out]) == 2
+        main(["predict-frame", "--image", str(tmp_path / "missing.png"), "--prompt", "go", "--out", out]) == 1
     )
     assert "no image file" in capsys.readouterr().err
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f.png")
     frame = ["--image", str(tmp_path / "f.png")]
-    assert main(["predict-frame", *frame, "--prompt", " ", "--out", out]) == 2
+    assert main(["predict-frame", *frame, "--prompt", " ", "--out", out]) == 1
     assert "non-empty" in capsys.readouterr().err
-    assert main(["predict-frame", *frame, "--prompt", "go", "--out", out, "--steps", "0"]) == 2
-    assert "num_steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: refused before the model loads
+        main(["predict-frame", *frame, "--prompt", "go", "--out", out, "--steps", "0"])
+    assert exit_info.value.code == 2 and "argument --steps" in capsys.readouterr().err
