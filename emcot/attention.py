@@ -15,16 +15,34 @@ ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
 
 
 class RotaryEmbedding(nn.Module):
-    """Standard RoPE (rotate-half layout, as in Qwen2) evaluated at arbitrary integer positions."""
+    """Standard RoPE (rotate-half layout, as in Qwen2) evaluated at arbitrary integer positions.
+
+    The inverse frequencies are computed from ``theta`` rather than held in a buffer: loaders that
+    build models on the meta device re-create non-persistent buffers uninitialised, and a dtype
+    cast (``model.to(torch.bfloat16)``) would round them. Computed here they are the same float32
+    values on every loading path; they are cached per device.
+    """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = head_dim
+        self.theta = float(theta)
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}
+
+    def inv_freq(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The float32 inverse frequencies ``[head_dim / 2]`` on ``device`` (Qwen2's formula)."""
+        device = torch.device(device)
+        if device not in self._inv_freq:
+            # Explicit CPU arange: a surrounding meta-device context must not make these meta tensors.
+            exponent = (
+                torch.arange(0, self.head_dim, 2, dtype=torch.int64, device="cpu").float() / self.head_dim
+            )
+            self._inv_freq[device] = (1.0 / (self.theta**exponent)).to(device)
+        return self._inv_freq[device]
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape ``[*positions.shape, head_dim]``."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq(positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

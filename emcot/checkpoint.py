@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from emcot.config import EmCoTConfig
-from emcot.io_utils import load_safetensors_folder
+from emcot.io_utils import load_safetensors_folder, read_json
 from emcot.modeling import EmCoTModel
 
 
@@ -17,10 +16,9 @@ def read_config(folder: Path) -> EmCoTConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} has no config.json; is it a saved emcot policy or model folder?")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt") from None
+    data = read_json(path, "model config")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object; the checkpoint is corrupt")
     model_type = data.get("model_type")
     if model_type != EmCoTConfig.model_type:
         hint = (
@@ -31,6 +29,33 @@ def read_config(folder: Path) -> EmCoTConfig:
             "component checkpoint use EmCoTModel.from_components(llm=..., vision=..., vae=...)"
         )
     return EmCoTConfig.from_pretrained(folder)
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bfloat16"``/``"bf16"``/``torch.bfloat16``-style names → a floating torch dtype (None stays None)."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        resolved = _DTYPE_NAMES.get(dtype.removeprefix("torch."))
+        if resolved is None:
+            raise ValueError(f"unknown torch_dtype '{dtype}'; choose one of {sorted(_DTYPE_NAMES)}")
+        return resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"torch_dtype must be a floating torch dtype or its name, got {dtype!r}")
+    return dtype
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -65,17 +90,18 @@ def load_model(
     torch_dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     low_memory: bool = True,
+    config: EmCoTConfig | None = None,
 ) -> EmCoTModel:
     """Build the model from ``config.json`` and fill it from safetensors weights.
 
     With ``low_memory`` the model is created without allocating weights (accelerate's empty-weight
-    initialisation) and takes the loaded tensors directly, so peak memory is one copy.
+    initialisation) and takes the loaded tensors directly, so peak memory is one copy. ``config``
+    replaces the folder's ``config.json`` (the weights must still fit it exactly).
     """
     folder = Path(folder)
-    config = read_config(folder)
+    config = read_config(folder) if config is None else config
+    torch_dtype = resolve_dtype(torch_dtype)
     state = load_safetensors_folder(folder)
-    if isinstance(torch_dtype, str):
-        torch_dtype = getattr(torch, torch_dtype)
     if low_memory:
         from accelerate import init_empty_weights
 

@@ -9,8 +9,16 @@ from transformers import PretrainedConfig
 
 from emcot.attention import ATTENTION_BACKENDS
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
-from emcot.flow import FlowSamplerConfig
-from emcot.io_utils import dataclass_from_dict
+from emcot.flow import TIME_DISTRIBUTIONS, FlowSamplerConfig
+from emcot.io_utils import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_fields,
+    check_value,
+    dataclass_from_dict,
+)
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig
@@ -34,11 +42,22 @@ class LossConfig:
     action_time_shift: float = 1.0
 
     def __post_init__(self) -> None:
+        check_fields(
+            self,
+            "loss",
+            text_weight=NON_NEGATIVE,
+            subgoal_weight=NON_NEGATIVE,
+            action_weight=NON_NEGATIVE,
+            subgoal_time_shift=POSITIVE,
+            action_time_shift=POSITIVE,
+        )
         if self.action_loss not in ("l1", "mse"):
-            raise ValueError(f"action_loss must be 'l1' or 'mse', got '{self.action_loss}'")
-        for name in ("text_weight", "subgoal_weight", "action_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"LossConfig.{name} must be ≥ 0, got {getattr(self, name)}")
+            raise ValueError(f"loss.action_loss must be 'l1' or 'mse', got '{self.action_loss}'")
+        for name in ("subgoal_time_distribution", "action_time_distribution"):
+            if getattr(self, name) not in TIME_DISTRIBUTIONS:
+                raise ValueError(
+                    f"loss.{name} must be one of {TIME_DISTRIBUTIONS}, got '{getattr(self, name)}'"
+                )
 
     def to_dict(self) -> dict:
         """JSON-safe dictionary."""
@@ -98,6 +117,7 @@ class EmCoTConfig(PretrainedConfig):
         loss: LossConfig | dict | None = None,
         subgoal_sampler: FlowSamplerConfig | dict | None = None,
         action_sampler: FlowSamplerConfig | dict | None = None,
+        max_prompt_tokens: int = 2048,
         **kwargs,
     ) -> None:
         experts = experts or {name: ExpertConfig() for name in EXPERT_NAMES}
@@ -121,14 +141,20 @@ class EmCoTConfig(PretrainedConfig):
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got '{attention_backend}'"
             )
-        if vocab_size <= 0:
-            raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-        self.vocab_size = vocab_size
-        self.rope_theta = float(rope_theta)
+        self.vocab_size = check_value("EmCoTConfig.vocab_size", vocab_size, int, AT_LEAST_ONE)
+        self.rope_theta = check_value("EmCoTConfig.rope_theta", rope_theta, float, Range(gt=1))
         self.attention_backend = attention_backend
-        self.connector_hidden_act = connector_hidden_act
-        self.timestep_frequency_dim = timestep_frequency_dim
-        self.subgoal_vit_copy = subgoal_vit_copy
+        self.connector_hidden_act = check_value("EmCoTConfig.connector_hidden_act", connector_hidden_act, str)
+        self.timestep_frequency_dim = check_value(
+            "EmCoTConfig.timestep_frequency_dim", timestep_frequency_dim, int, Range(ge=2)
+        )
+        self.subgoal_vit_copy = check_value("EmCoTConfig.subgoal_vit_copy", subgoal_vit_copy, bool)
+        # Attention memory grows with the square of the prompt: cap it instead of letting a huge
+        # instruction exhaust the machine.
+        self.max_prompt_tokens = check_value(
+            "EmCoTConfig.max_prompt_tokens", max_prompt_tokens, int, AT_LEAST_ONE
+        )
+        check_value("EmCoTConfig.tie_word_embeddings", tie_word_embeddings, bool)
         for name, cls, optional in _SUB_CONFIGS:
             value = locals()[name]
             if name == "subgoal_sampler" and value is None:

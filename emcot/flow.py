@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from emcot.io_utils import dataclass_from_dict
+from emcot.io_utils import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    check_fields,
+    dataclass_from_dict,
+)
 
 TIME_DISTRIBUTIONS = ("logit_normal", "beta", "uniform")
 RENORM_MODES = ("global", "none")
@@ -126,23 +133,22 @@ class FlowSamplerConfig:
     renorm_min: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"FlowSamplerConfig.num_steps must be an int >= 1, got {self.num_steps!r}.")
-        if self.shift <= 0:
-            raise ValueError(f"FlowSamplerConfig.shift must be > 0, got {self.shift}.")
-        if self.text_guidance < 0 or self.image_guidance < 0:
-            raise ValueError("FlowSamplerConfig guidance scales must be >= 0 (1.0 disables guidance).")
-        interval = tuple(float(v) for v in self.guidance_interval)
-        if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+        check_fields(
+            self,
+            shift=POSITIVE,
+            num_steps=AT_LEAST_ONE,
+            text_guidance=NON_NEGATIVE,
+            image_guidance=NON_NEGATIVE,
+            renorm_min=UNIT_INTERVAL,
+        )
+        interval = self.guidance_interval
+        if not 0.0 <= interval[0] <= interval[1] <= 1.0:
             raise ValueError(
                 f"FlowSamplerConfig.guidance_interval must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, "
                 f"got {self.guidance_interval!r}."
             )
-        self.guidance_interval = interval
         if self.renorm not in RENORM_MODES:
             raise ValueError(f"FlowSamplerConfig.renorm must be one of {RENORM_MODES}, got {self.renorm!r}.")
-        if not 0.0 <= self.renorm_min <= 1.0:
-            raise ValueError(f"FlowSamplerConfig.renorm_min must lie in [0, 1], got {self.renorm_min}.")
 
     @classmethod
     def subgoal(cls, **overrides: Any) -> FlowSamplerConfig:

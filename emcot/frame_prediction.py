@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from emcot.attention import KVCache
+from emcot.finite import require_finite
 from emcot.flow import FlowSamplerConfig, VelocityFn, euler_sample
 from emcot.generation import GuidanceBranches, TraceGenerator, is_text
+from emcot.io_utils import check_value
 from emcot.planner import generation_layout
 from emcot.sequence import Segment, SequencePlan
 from emcot.tokenizers.vision_processing import validate_rgb_uint8
@@ -89,7 +91,7 @@ class FramePredictor:
             vit_lengths=[h * w for _, (h, w) in vit_inputs],
             context_latents=len(images) if vae_context else 0,
             latent_tokens=grid[0] * grid[1],
-            framed_prompt=proc.tokenizer.frame_question(prompt),
+            framed_prompt=proc.check_prompt_length(proc.tokenizer.frame_question(prompt)),
             special=proc.special,
         )
         *cached, target = layout.segments
@@ -154,6 +156,8 @@ class FramePredictor:
         gen, model = self.gen, self.gen.model
         sampler = gen.sampler(model.config.subgoal_sampler, steps, text_guidance, image_guidance)
         ctx = self.prefill(frames, prompt, vae_context)
+        seed = check_value("seed", seed, int | None)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = gen.noise((1, ctx.target.length, model.subgoal.latent_in.in_features), generator)
-        return gen.decode_image(euler_sample(self.velocity(ctx, sampler), noise, sampler))
+        x0 = euler_sample(self.velocity(ctx, sampler), noise, sampler)
+        return gen.decode_image(require_finite(x0, "predicted frame", model))

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from emcot.attention import KVCache
+from emcot.finite import require_finite
 from emcot.flow import FlowSamplerConfig, GuidedVelocity, VelocityFn, euler_sample, guidance_active
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_fields, check_value
 from emcot.planner import (
     action_segment,
     check_mode,
@@ -31,6 +33,8 @@ from emcot.sampling import next_token
 from emcot.sequence import Modality, Segment, SequencePlan
 from emcot.trace import Trace, TraceEvent
 from emcot.trace_forward import embed_segments, embed_vit, latent_grid_of
+
+GUIDANCE_OPTIONS = ("text_guidance", "image_guidance", "action_text_guidance", "action_image_guidance")
 
 
 @dataclass
@@ -56,14 +60,20 @@ class GenerationOptions:
     robot: str | None = None
 
     def __post_init__(self) -> None:
+        # Checked here, by the option's name, so a bad value fails before any compute is spent
+        # (NaN/inf included: they would pass a `value < 0` check and give NaN actions).
+        check_fields(
+            self,
+            "",
+            max_reasoning_tokens=AT_LEAST_ONE,
+            temperature=POSITIVE,
+            top_k=AT_LEAST_ONE,
+            top_p=Range(gt=0, le=1),
+            subgoal_steps=AT_LEAST_ONE,
+            action_steps=AT_LEAST_ONE,
+            **dict.fromkeys(GUIDANCE_OPTIONS, NON_NEGATIVE),
+        )
         check_mode(self.mode)
-        if self.max_reasoning_tokens < 1:
-            raise ValueError(f"max_reasoning_tokens must be ≥ 1, got {self.max_reasoning_tokens}")
-        # Checked here so a bad scale fails before reasoning and the subgoal are spent.
-        for name in ("text_guidance", "image_guidance", "action_text_guidance", "action_image_guidance"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be ≥ 0 (1.0 disables guidance), got {value}")
 
     def replace(self, **changes) -> GenerationOptions:
         """A copy with some options changed; unknown names raise."""
@@ -218,6 +228,8 @@ class TraceGenerator:
             raise ValueError("mode='full' needs a model with a VAE; use mode='reason' or 'reactive'")
         proc.validate_observation(observation)
         instruction = proc.check_instruction(instruction)
+        framed = proc.frame_instruction(instruction)
+        seed = check_value("seed", seed, int | None)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         special = proc.special
         timings: dict[str, float] = {}
@@ -233,7 +245,6 @@ class TraceGenerator:
         state = proc.encode_state(observation, options.robot)
         states = state[None].to(model.device) if state is not None else None
         obs_segments = observation_segments([h * w for h, w in grids], state is not None)
-        framed = proc.tokenizer.frame_prompt(instruction)
         prompt_seg, ids = text(prompt_ids(framed, mode, special), "prompt")
         ctx = _Context(SequencePlan(), model.new_cache(), [], [])
         prefix = SequencePlan(obs_segments + [prompt_seg])
@@ -315,7 +326,7 @@ class TraceGenerator:
         """Denoised latent tokens ``[1, n, d]`` of one image → RGB image through the latent codec."""
         codec = self.model.latent_codec
         image = codec.decode(codec.unpatchify(x0, latent_grid_of(self.model)))[0]
-        return codec.postprocess(image.float())
+        return codec.postprocess(require_finite(image.float(), "decoded image", self.model))
 
     def _imagine(self, ctx: _Context, options: GenerationOptions, states, generator):
         """Denoise the subgoal latents against the cache, then append its clean latent and ViT copies."""
@@ -346,7 +357,7 @@ class TraceGenerator:
             guidance,
         )
         noise = self.noise((1, n_tokens, model.subgoal.latent_in.in_features), generator)
-        x0 = euler_sample(velocity, noise, sampler)
+        x0 = require_finite(euler_sample(velocity, noise, sampler), "subgoal image", model)
         ctx.layout.append(block["noisy"])
         clean = model.subgoal.embed(x0, torch.zeros(1, device=model.device, dtype=x0.dtype), grid)
         self._append(ctx, block["clean"], clean)
@@ -406,4 +417,7 @@ class TraceGenerator:
             velocity, self.noise((1, horizon, model.config.action.action_dim), generator), sampler
         )
         ctx.layout.append(segment)
-        return self.proc.decode_actions(x0[0], options.robot)
+        require_finite(x0, "action chunk", model)
+        actions = self.proc.decode_actions(x0[0], options.robot)
+        # Un-normalising can overflow too (huge statistics); the robot must never see it.
+        return require_finite(torch.from_numpy(actions), "action chunk (robot units)", model).numpy()

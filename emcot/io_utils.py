@@ -6,10 +6,15 @@ This module imports nothing from emcot, so codecs and experts can use it without
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -28,14 +33,41 @@ def dataclass_from_dict(cls: type, data: dict[str, Any], label: str | None = Non
     return cls(**data)
 
 
-def read_json(path: Path) -> dict:
-    """Load a JSON file, with a clear error when it is missing or malformed."""
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing or malformed one raises a ValueError naming the path.
+
+    ``what`` says what the file is in the message (e.g. ``"trace file"``).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise ValueError(f"expected {path} to exist; is this the right checkpoint folder?")
+        raise ValueError(f"{what} {path} does not exist; is this the right folder?")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint may be corrupt") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{what} {path} is not valid JSON ({err}); the file is corrupt or truncated"
+        ) from None
+
+
+def read_json_lines(path: str | Path, torn_tail_ok: bool = False) -> list[Any]:
+    """The records of a JSON-lines file, blank lines skipped.
+
+    With ``torn_tail_ok`` an unparsable *last* line (a write cut short by a kill) is dropped;
+    a bad line anywhere else still raises a ValueError naming the file and line.
+    """
+    path = Path(path)
+    lines = [
+        (n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()
+    ]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if torn_tail_ok and i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {number} is not valid JSON ({err}); the file is corrupt") from None
+    return records
 
 
 def load_safetensors_folder(folder: str | Path, prefix: str = "model") -> dict[str, torch.Tensor]:
@@ -62,3 +94,179 @@ def load_safetensors_folder(folder: str | Path, prefix: str = "model") -> dict[s
                 f"cannot read weights from {file}: {err}. The file is truncated or corrupt"
             ) from None
     return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundary checks: one place that turns a wrong type or a non-finite number into a clear error.
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number: ``gt``/``ge`` below, ``lt``/``le`` above (None = open)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def violated_by(self, value: float) -> str | None:
+        """The rule ``value`` breaks (e.g. ``"> 0"``), or None."""
+        for bound, op, ok in (
+            (self.gt, ">", lambda v, b: v > b),
+            (self.ge, "≥", lambda v, b: v >= b),
+            (self.lt, "<", lambda v, b: v < b),
+            (self.le, "≤", lambda v, b: v <= b),
+        ):
+            if bound is not None and not ok(value, bound):
+                return f"{op} {bound:g}"
+        return None
+
+
+POSITIVE = Range(gt=0)
+NON_NEGATIVE = Range(ge=0)
+UNIT_INTERVAL = Range(ge=0, le=1)
+AT_LEAST_ONE = Range(ge=1)
+
+
+class _Mismatch(Exception):
+    """A value does not fit a type hint (internal; becomes a ValueError naming the field)."""
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if hint is float:
+        return "a finite number"
+    if hint is int:
+        return "an integer"
+    if hint is bool:
+        return "true/false"
+    if hint is str:
+        return "a string"
+    if origin in (tuple, list):
+        args = typing.get_args(hint)
+        if not args:
+            return "a list"
+        if origin is tuple and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return f"a {getattr(hint, '__name__', str(hint))}"
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint`` (numpy scalars become Python ones; ints are valid floats)."""
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise _Mismatch
+    if hint is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+        raise _Mismatch
+    if hint is float:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, (bool, np.bool_)
+        ):
+            if not math.isfinite(float(value)):
+                raise _Mismatch
+            return float(value)
+        raise _Mismatch
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise _Mismatch
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise _Mismatch
+            items = [_coerce(v, a) for v, a in zip(value, args)]
+        else:
+            items = [_coerce(v, args[0]) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Mismatch
+    if dataclasses.is_dataclass(hint):
+        # A nested section may still be a mapping here; its owner converts it (and checks it then).
+        if isinstance(value, (hint, dict)):
+            return value
+        raise _Mismatch
+    if isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        raise _Mismatch
+    return value  # a hint this checker does not model (callables, protocols): trust the caller
+
+
+def check_value(name: str, value: Any, hint: Any, bounds: Range | None = None) -> Any:
+    """``value`` checked against the type ``hint`` and ``bounds``; a wrong one raises a ValueError naming ``name``.
+
+    NaN and infinity are never valid numbers. Returns the value with numpy scalars turned into
+    Python ones and integers given for floats turned into floats.
+    """
+    try:
+        value = _coerce(value, hint)
+    except _Mismatch:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{name} must be {_describe(hint)}, got {type(value).__name__} {shown}") from None
+    if bounds is not None and value is not None and not isinstance(value, bool):
+        rule = bounds.violated_by(value)
+        if rule is not None:
+            raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_fields(obj: Any, label: str | None = None, **bounds: Range) -> None:
+    """Check every field of the dataclass ``obj`` against its annotation, and the named fields against ``bounds``.
+
+    Meant for ``__post_init__``: wrong types, NaN/inf and out-of-range numbers fail at
+    construction with the field's name (``{label}.{field}``; label defaults to the class name,
+    ``""`` names the bare field)
+    rather than deep inside a computation. Coerced values (numpy scalars, ints for floats, lists
+    for tuples) are written back, also on frozen dataclasses.
+    """
+    cls = type(obj)
+    label = label if label is not None else cls.__name__
+    hints = _hints(cls)
+    unknown = sorted(set(bounds) - set(hints))
+    if unknown:
+        raise TypeError(f"check_fields: {cls.__name__} has no fields {unknown}")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{label}.{f.name}" if label else f.name
+        checked = check_value(name, value, hints[f.name], bounds.get(f.name))
+        if checked is not value:
+            object.__setattr__(obj, f.name, checked)

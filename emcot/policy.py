@@ -16,8 +16,10 @@ from PIL import Image
 
 from emcot.frame_prediction import FramePredictor, Frames
 from emcot.generation import GenerationOptions, TraceGenerator
+from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.modeling import EmCoTModel
 from emcot.processor import EmCoTProcessor
+from emcot.save_target import check_save_target, replace_folder
 from emcot.trace import Trace, TraceEvent
 from emcot.types import EmCoTSample, Observation
 
@@ -148,18 +150,22 @@ class EmCoTPolicy:
         return compute_losses(self.model, self.collator()(samples), generator)
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_size: str | int = "2GB") -> Path:
-        """Write the whole policy into one folder, atomically (a temporary folder, then a rename)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        """Write the whole policy into one folder, atomically.
+
+        The policy is written into a temporary sibling folder first. An existing *policy* folder
+        at ``folder`` is then swapped out (moved aside, the new one renamed in, the old one
+        deleted), so a crash leaves either the old or the new policy. Anything else at ``folder``
+        — a file, a non-empty folder that is not an emcot policy, the working directory or one
+        of its parents — is refused with a ValueError and left untouched.
+        """
+        folder = check_save_target(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             self.model.save_pretrained(tmp, max_shard_size=max_shard_size)
             self.processor.save_pretrained(tmp)
             data = dataclasses.asdict(self.generation)
             (tmp / GENERATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            replace_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -189,7 +195,11 @@ class EmCoTPolicy:
             processor.settings.robot = robot
         generation = GenerationOptions()
         if (folder / GENERATION_FILE).is_file():
-            generation = GenerationOptions(**json.loads((folder / GENERATION_FILE).read_text()))
+            generation = dataclass_from_dict(
+                GenerationOptions,
+                read_json(folder / GENERATION_FILE, "generation defaults"),
+                where=f" in {folder / GENERATION_FILE}",
+            )
         return cls(model, processor, generation)
 
     @classmethod

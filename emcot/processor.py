@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from emcot.config import EmCoTConfig
+from emcot.io_utils import check_fields, dataclass_from_dict, read_json
 from emcot.planner import SpecialIds
 from emcot.tokenizers.actions import Normalizer, RobotNormStats
 from emcot.tokenizers.text import TextTokenizer
@@ -28,6 +29,7 @@ class ProcessorConfig:
     robot: str = "default"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not self.cameras:
             raise ValueError("a policy needs at least one camera name")
         if len(set(self.cameras)) != len(self.cameras):
@@ -112,16 +114,37 @@ class EmCoTProcessor:
                     f"this policy needs a state vector of size {state_dim}; observation.state is None"
                 )
             state = np.asarray(state)
+            if state.dtype.kind not in "biuf":
+                raise ValueError(f"state must be numbers, got an array of dtype {state.dtype}")
             if state.shape != (state_dim,):
                 raise ValueError(f"state must have shape ({state_dim},), got {state.shape}")
-            if not np.isfinite(state).all():
-                raise ValueError("state contains NaN or infinite values")
+            # After the cast the model sees: a float64 of 1e300 is finite but overflows float32.
+            with np.errstate(over="ignore"):
+                cast = state.astype(np.float32)
+            if not np.isfinite(cast).all():
+                raise ValueError(
+                    f"state contains NaN or infinite values (or values beyond float32's range): {state.tolist()}"
+                )
 
     def check_instruction(self, instruction: str) -> str:
         """A non-empty instruction string."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction must be a non-empty string, e.g. 'put the cube in the bowl'")
         return instruction.strip()
+
+    def check_prompt_length(self, ids: list[int]) -> list[int]:
+        """``ids`` of a framed prompt, refused when longer than ``config.max_prompt_tokens``."""
+        limit = self.config.max_prompt_tokens
+        if len(ids) > limit:
+            raise ValueError(
+                f"the instruction is {len(ids)} tokens long, over this policy's limit of {limit} "
+                "(config.max_prompt_tokens); shorten it, or raise the limit if the memory allows"
+            )
+        return ids
+
+    def frame_instruction(self, instruction: str) -> list[int]:
+        """The instruction as the chat-framed prompt ids the model reads, length-checked."""
+        return self.check_prompt_length(self.tokenizer.frame_prompt(self.check_instruction(instruction)))
 
     def encode_cameras(self, observation: Observation) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Patches of every camera in order, and their patch grids."""
@@ -138,7 +161,13 @@ class EmCoTProcessor:
                 f"no state statistics for robot '{robot or self.settings.robot}'; compute them with "
                 "emcot.tokenizers.actions.NormStats.compute(states) and add them to the policy's norm stats"
             )
-        return torch.from_numpy(np.asarray(state_norm.normalize(state), dtype=np.float32))
+        normalized = np.asarray(state_norm.normalize(state), dtype=np.float32)
+        if not np.isfinite(normalized).all():
+            raise ValueError(
+                f"the state {state.tolist()} normalises to non-finite values; check the state statistics "
+                f"of robot '{robot or self.settings.robot}' (a zero std or range?)"
+            )
+        return torch.from_numpy(normalized)
 
     def encode_actions(self, actions: np.ndarray, robot: str | None = None) -> torch.Tensor:
         """Robot-unit chunk ``[horizon, action_dim]`` → normalised float32 tensor."""
@@ -177,5 +206,7 @@ class EmCoTProcessor:
                 f"{folder} has no norm_stats.json; compute per-robot normalisation statistics "
                 "(emcot.tokenizers.actions.RobotNormStats) and save them with the policy"
             )
-        settings = ProcessorConfig(**json.loads(settings_file.read_text()))
+        settings = dataclass_from_dict(
+            ProcessorConfig, read_json(settings_file, "processor settings"), where=f" in {settings_file}"
+        )
         return cls(config, load_text_tokenizer(folder), RobotNormStats.load(stats_file), settings)

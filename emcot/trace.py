@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from emcot.io_utils import read_json
+
 
 @dataclass
 class Trace:
@@ -42,9 +44,17 @@ class Trace:
     @classmethod
     def load(cls, folder: str | Path) -> Trace:
         """Read a trace written by :meth:`save`."""
-        folder = Path(folder)
-        data = json.loads((folder / "trace.json").read_text())
-        subgoal = Image.open(folder / data["subgoal"]).convert("RGB") if data["subgoal"] else None
+        path = Path(folder) / "trace.json"
+        data = read_json(path, "trace file")
+        missing = sorted({"reasoning", "subgoal", "actions", "timings", "mode", "instruction"} - set(data))
+        if missing:
+            raise ValueError(f"trace file {path} lacks the fields {missing}; was it written by Trace.save?")
+        subgoal = None
+        if data["subgoal"]:
+            try:
+                subgoal = Image.open(path.parent / data["subgoal"]).convert("RGB")
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot read the subgoal image of {path}: {err}") from None
         return cls(
             reasoning=data["reasoning"],
             subgoal=subgoal,

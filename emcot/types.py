@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,27 @@ class Observation:
 
     images: dict[str, np.ndarray]
     state: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # Only the container types are checked here; sizes and dtypes depend on the policy and are
+        # checked by its processor.
+        if not isinstance(self.images, Mapping):
+            raise ValueError(
+                "Observation.images must be a dict mapping camera names to uint8 (H, W, 3) arrays, "
+                f"got {type(self.images).__name__}"
+            )
+        for name, image in self.images.items():
+            if not isinstance(name, str):
+                raise ValueError(f"Observation.images keys must be camera names (str), got {name!r}")
+            if not isinstance(image, np.ndarray):
+                raise ValueError(
+                    f"Observation.images['{name}'] must be a numpy uint8 (H, W, 3) array, got {type(image).__name__}"
+                )
+        if self.state is not None:
+            state = np.asarray(self.state)
+            if state.dtype.kind not in "biuf":
+                raise ValueError(f"Observation.state must be numbers, got {self.state!r:.80}")
+            self.state = state
 
 
 @dataclass

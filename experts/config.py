@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from emcot.io_utils import dataclass_from_dict
+from emcot.io_utils import POSITIVE, check_fields, dataclass_from_dict
 
 EXPERT_NAMES = ("und", "gen", "act")
 """The three experts: understanding/text, subgoal generation, action."""
@@ -31,6 +31,7 @@ class ExpertConfig:
     qk_norm: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self, rms_norm_eps=POSITIVE)
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from emcot.io_utils import dataclass_from_dict
+from emcot.io_utils import check_fields, dataclass_from_dict, read_json
 
 NormMode = Literal["mean_std", "quantile", "none"]
 NORM_MODES: tuple[str, ...] = ("mean_std", "quantile", "none")
@@ -40,10 +40,7 @@ class ActionSpaceConfig:
     norm_mode: str = "quantile"
 
     def __post_init__(self) -> None:
-        for name in ("action_dim", "state_dim", "horizon"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"ActionSpaceConfig.{name} must be an int, got {value!r}.")
+        check_fields(self)
         if self.action_dim < 1:
             raise ValueError(f"ActionSpaceConfig.action_dim must be >= 1, got {self.action_dim}.")
         if self.state_dim < 0:
@@ -323,13 +320,7 @@ class RobotNormStats:
             raise ValueError(
                 f"Norm-stats file {path} not found; compute stats and RobotNormStats.save() them."
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"Norm-stats file {path} is not valid JSON ({err}); recompute and save it."
-            ) from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "norm-stats file"))
 
 
 def pad_to_dim(x: Array, dim: int) -> Array:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from emcot.io_utils import read_json
+
 THINK_START = "<|think_start|>"
 THINK_END = "<|think_end|>"
 VISION_START = "<|vision_start|>"
@@ -189,10 +191,7 @@ def read_metadata(folder: Path) -> dict | None:
     path = folder / METADATA_FILE
     if not path.is_file():
         return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it or re-save the tokenizer.") from err
+    meta = read_json(path, "tokenizer metadata")
     if not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object; re-save the tokenizer.")
     return meta

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from emcot.io_utils import dataclass_from_dict
+from emcot.io_utils import AT_LEAST_ONE, POSITIVE, check_fields, dataclass_from_dict
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -45,8 +45,7 @@ class VAEConfig:
     use_quant_conv: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
-        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+        check_fields(self, scaling_factor=POSITIVE, norm_num_groups=AT_LEAST_ONE)
         if not self.block_out_channels:
             raise ValueError("VAEConfig.block_out_channels needs at least one entry.")
         bad_groups = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -59,8 +58,6 @@ class VAEConfig:
             raise ValueError("VAEConfig: latent_channels, patch_size and layers_per_block must be >= 1.")
         if self.scaling_factor <= 0:
             raise ValueError(f"VAEConfig.scaling_factor must be positive, got {self.scaling_factor}.")
-        if len(self.image_size) != 2:
-            raise ValueError(f"VAEConfig.image_size must be (H, W), got {self.image_size}.")
         unit = self.downsample * self.patch_size
         if any(s < unit or s % unit for s in self.image_size):
             raise ValueError(

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from emcot.io_utils import dataclass_from_dict
+from emcot.io_utils import POSITIVE, check_fields, dataclass_from_dict
 
 POSITION_MODES = ("table", "interpolate")
 HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu")
@@ -42,9 +42,8 @@ class VisionEncoderConfig:
     min_side_px: int = 16
 
     def __post_init__(self) -> None:
-        # Frozen dataclass: normalise list inputs (e.g. from JSON) to tuples in place.
-        object.__setattr__(self, "image_mean", tuple(float(v) for v in self.image_mean))
-        object.__setattr__(self, "image_std", tuple(float(v) for v in self.image_std))
+        # Also turns list inputs (e.g. from JSON) into tuples in place.
+        check_fields(self, layer_norm_eps=POSITIVE)
         for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "patch_size", "max_grid"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"VisionEncoderConfig.{name} must be >= 1, got {getattr(self, name)}.")
@@ -63,8 +62,6 @@ class VisionEncoderConfig:
             raise ValueError(
                 f"VisionEncoderConfig.hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}."
             )
-        if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError("VisionEncoderConfig.image_mean and image_std need exactly 3 values (RGB).")
         if any(s <= 0 for s in self.image_std):
             raise ValueError("VisionEncoderConfig.image_std values must be positive.")
         if not self.patch_size <= self.min_side_px <= self.max_side_px:

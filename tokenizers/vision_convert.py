@@ -7,7 +7,6 @@ stand-alone vision models without it; hub checkpoints from transformers 4 carry 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import Siglip2VisionConfig, SiglipVisionConfig
 
-from emcot.io_utils import load_safetensors_folder
+from emcot.io_utils import load_safetensors_folder, read_json
 from emcot.tokenizers.vision_config import VisionEncoderConfig
 
 _PATCH_KEY = "embeddings.patch_embedding.weight"
@@ -173,10 +172,10 @@ def load_hf_vision_folder(
         raise ValueError(
             f"{folder} has no config.json; pass a transformers SigLIP/SigLIP2 checkpoint folder."
         )
-    hf_config = json.loads(config_path.read_text())
+    hf_config = read_json(config_path, "vision config")
     processor_path = folder / "preprocessor_config.json"
     if processor_path.is_file():
-        processor = json.loads(processor_path.read_text())
+        processor = read_json(processor_path, "image processor config")
         for key in ("image_mean", "image_std"):
             if key in processor and key not in overrides:
                 overrides[key] = tuple(processor[key])

@@ -1,0 +1,8 @@
+"""Lets the corpus modules of this folder import each other (``from corpus import BadInput``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
