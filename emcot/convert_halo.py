@@ -67,6 +67,7 @@ from emcot.experts.config import ExpertConfig
 from emcot.experts.embeddings import grid_sincos
 from emcot.flow import FlowSamplerConfig
 from emcot.io_utils import read_json
+from emcot.save_target import check_save_target
 from emcot.tokenizers.actions import ActionSpaceConfig, NormStats, RobotNormStats
 from emcot.tokenizers.vision_config import VisionEncoderConfig
 from emcot.tokenizers.vision_convert import SIGLIP_LAYER_RENAMES
@@ -416,6 +417,7 @@ def convert_halo_checkpoint(
     from emcot.tokenizers.text import HFTextTokenizer
 
     src = Path(src)
+    check_save_target(dst)  # before hours of conversion, not after
     folders = [src] + ([Path(base)] if base is not None else [])
     for folder in folders:
         if not folder.is_dir():

@@ -17,6 +17,7 @@ from emcot.experts.action import ActionIO
 from emcot.experts.block import RMSNorm
 from emcot.experts.generation import SubgoalIO
 from emcot.experts.understanding import UnderstandingIO
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
 from emcot.sequence import AttnMode, Modality, Segment, SequencePlan
 
 
@@ -267,8 +268,11 @@ class EmCoTModel(PreTrainedModel):
         """
         from emcot.sampling import next_token
 
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+        max_new_tokens = check_value("max_new_tokens", max_new_tokens, int, NON_NEGATIVE)
+        do_sample = check_value("do_sample", do_sample, bool)
+        temperature = check_value("temperature", temperature, float, POSITIVE)
+        top_k = check_value("top_k", top_k, int | None, AT_LEAST_ONE)
+        top_p = check_value("top_p", top_p, float | None, Range(gt=0, le=1))
         eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
         pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
         cache = self.new_cache()

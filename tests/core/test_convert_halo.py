@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from transformers import AutoModel
 
+from emcot.checkpoint import load_model
 from emcot.convert_halo import add_convert_arguments, convert_halo_checkpoint, run_convert
+from emcot.modeling import EmCoTModel
 from emcot.policy import EmCoTPolicy
 from emcot.tokenizers.text import HFTextTokenizer
 from emcot.tokenizers.vae import VAEConfig
@@ -177,8 +180,21 @@ def policy(halo):
     return EmCoTPolicy.from_pretrained(halo["dst"])
 
 
-def test_text_logits_match_qwen3_with_halo_und_weights(halo, policy):
+# Every loading path of the converted folder must give the official model's logits (the Hugging
+# Face paths once returned an uninitialised RoPE buffer).
+LOADERS = {
+    "EmCoTPolicy": lambda dst: EmCoTPolicy.from_pretrained(dst).model,
+    "EmCoTModel": lambda dst: EmCoTModel.from_pretrained(dst),
+    "AutoModel": lambda dst: AutoModel.from_pretrained(dst),
+    "EmCoTPolicy-full-memory": lambda dst: load_model(dst, low_memory=False),
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_text_logits_match_qwen3_with_halo_und_weights(halo, policy, loader):
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    model = LOADERS[loader](halo["dst"])
 
     rows, sd = halo["rows"], halo["sd"]
     ref = Qwen3ForCausalLM(
@@ -195,11 +211,11 @@ def test_text_logits_match_qwen3_with_halo_und_weights(halo, policy):
     ref.load_state_dict(und, strict=True)
     ids = torch.randint(0, rows, (2, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = policy.model(input_ids=ids).logits
+        ours = model(input_ids=ids).logits
         theirs = ref.eval()(input_ids=ids).logits
     assert ours.shape[-1] == len(policy.processor.tokenizer) >= rows + 2
     torch.testing.assert_close(ours[..., :rows], theirs, atol=1e-4, rtol=1e-4)
-    embed = policy.model.understanding.embed_tokens.weight
+    embed = model.understanding.embed_tokens.weight
     torch.testing.assert_close(
         embed[rows:], sd["language_model.model.embed_tokens.weight"].mean(0).expand(2, -1)
     )
