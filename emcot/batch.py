@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
+from emcot.io_utils import UNIT_INTERVAL, check_fields
 from emcot.planner import TraceLayout, check_kind, generation_layout, trace_layout, vqa_layout
 from emcot.processor import EmCoTProcessor
 from emcot.sequence import AttnMode, Modality, Segment, SequencePlan
@@ -83,10 +84,7 @@ class ConditionDropout:
     action_samples: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("text", "vit", "vae"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ConditionDropout.{name} must be in [0, 1], got {value}")
+        check_fields(self, "data.dropout", text=UNIT_INTERVAL, vit=UNIT_INTERVAL, vae=UNIT_INTERVAL)
 
     def draw(self, rng: np.random.Generator | None) -> tuple[bool, bool, bool]:
         """Whether to drop (text, vit, vae) for one sample; nothing without a generator."""

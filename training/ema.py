@@ -15,8 +15,8 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.shadow = {name: p.detach().float().clone() for name, p in self.params.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emcot.io_utils import AT_LEAST_ONE, check_fields
 from emcot.training.annotations import EpisodeAnnotation, read_annotations
 from emcot.training.lerobot import LeRobotDataset, LeRobotEpisode
 from emcot.types import EmCoTSample
@@ -52,10 +53,9 @@ class SampleConfig:
     formatter: Callable[[EpisodeAnnotation, int, int], str] = format_reasoning
 
     def __post_init__(self):
+        check_fields(self, horizon=AT_LEAST_ONE, stride=AT_LEAST_ONE)
         if self.mode not in ("emcot", "action"):
             raise ValueError(f"mode must be 'emcot' or 'action', got {self.mode!r}.")
-        if self.horizon < 1 or self.stride < 1:
-            raise ValueError("horizon and stride must be >= 1.")
 
 
 def action_chunk(actions: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:

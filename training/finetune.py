@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_fields, dataclass_from_dict
 from emcot.tokenizers.actions import NormStats, RobotNormStats
 from emcot.types import EmCoTSample
 
@@ -43,16 +44,13 @@ class LoraSpec:
     targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "experts", tuple(self.experts))
-        object.__setattr__(self, "targets", tuple(self.targets))
+        check_fields(self, "finetune.lora", r=AT_LEAST_ONE, alpha=POSITIVE, dropout=Range(ge=0, lt=1))
         bad = [e for e in self.experts if e not in ("und", "gen", "act")]
         if bad or not self.experts:
             raise ValueError(f"LoRA experts must be a non-empty subset of ['und', 'gen', 'act'], got {bad}")
         unknown = [t for t in self.targets if t not in LORA_TARGETS]
         if unknown:
             raise ValueError(f"unknown LoRA targets {unknown}; choose from {list(LORA_TARGETS)}")
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be ≥ 1, got {self.r}")
 
 
 @dataclass(frozen=True)
@@ -73,11 +71,10 @@ class FinetuneConfig:
     lora: LoraSpec | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "finetune", action_dim=AT_LEAST_ONE, state_dim=NON_NEGATIVE, horizon=AT_LEAST_ONE)
         if isinstance(self.lora, dict):
-            object.__setattr__(self, "lora", LoraSpec(**self.lora))
-        if self.train_only is not None:
-            object.__setattr__(self, "train_only", tuple(self.train_only))
-        object.__setattr__(self, "freeze", tuple(self.freeze))
+            where = " in recipe section 'finetune.lora'"
+            object.__setattr__(self, "lora", dataclass_from_dict(LoraSpec, self.lora, "unknown keys", where))
         for name in (*(self.train_only or ()), *self.freeze):
             if name not in PARAM_GROUPS:
                 raise ValueError(f"unknown parameter group '{name}'; choose from {list(PARAM_GROUPS)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emcot.io_utils import AT_LEAST_ONE, check_fields
 from emcot.training.lerobot import LeRobotDataset, LeRobotEpisode
 from emcot.types import EmCoTSample, Observation
 
@@ -30,9 +31,9 @@ class FutureFrameConfig:
     prompt: str = "Imagine the next scene: {instruction}."
 
     def __post_init__(self) -> None:
-        for name in ("offset", "context", "context_gap", "stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"FutureFrameConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        check_fields(
+            self, offset=AT_LEAST_ONE, context=AT_LEAST_ONE, context_gap=AT_LEAST_ONE, stride=AT_LEAST_ONE
+        )
         if "{instruction}" not in self.prompt:
             raise ValueError("FutureFrameConfig.prompt must contain '{instruction}'")
 

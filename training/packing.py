@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emcot.io_utils import AT_LEAST_ONE, check_fields
 from emcot.types import EmCoTSample
 
 
@@ -29,12 +30,17 @@ class PackingConfig:
     packs_per_step: int = 1
 
     def __post_init__(self) -> None:
-        if self.expected_tokens < 1 or self.max_tokens < self.expected_tokens:
+        check_fields(
+            self,
+            "data.packing",
+            expected_tokens=AT_LEAST_ONE,
+            max_tokens=AT_LEAST_ONE,
+            packs_per_step=AT_LEAST_ONE,
+        )
+        if self.max_tokens < self.expected_tokens:
             raise ValueError(
                 f"need 1 ≤ expected_tokens ≤ max_tokens, got {self.expected_tokens} and {self.max_tokens}"
             )
-        if self.packs_per_step < 1:
-            raise ValueError(f"packs_per_step must be ≥ 1, got {self.packs_per_step}")
 
 
 @dataclass

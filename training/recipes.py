@@ -16,8 +16,18 @@ import yaml
 
 from emcot.batch import ConditionDropout
 from emcot.config import LossConfig
-from emcot.io_utils import dataclass_from_dict
-from emcot.training.finetune import FinetuneConfig, LoraSpec
+from emcot.io_utils import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    Range,
+    check_fields,
+    check_value,
+    dataclass_from_dict,
+)
+from emcot.training.divergence import OnDivergence
+from emcot.training.finetune import FinetuneConfig
 from emcot.training.packing import PackingConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -34,12 +44,17 @@ DATA_KINDS = (
 
 
 def _build(cls, data: Any, where: str):
-    """A dataclass from a mapping, with unknown keys named in the error."""
+    """A dataclass from a mapping, with unknown keys named in the error and every error placed at ``where``."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
         raise ValueError(f"recipe section '{where}' must be a mapping, got {type(data).__name__}")
-    return dataclass_from_dict(cls, data, label="unknown keys", where=f" in recipe section '{where}'")
+    try:
+        return dataclass_from_dict(cls, data, label="unknown keys", where=f" in recipe section '{where}'")
+    except ValueError as err:
+        if where in str(err):
+            raise
+        raise ValueError(f"{err} (in recipe section '{where}')") from None
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,9 @@ class ModelSpec:
     overrides: dict = field(default_factory=dict)
     gradient_checkpointing: bool = False
 
+    def __post_init__(self) -> None:
+        check_fields(self, "model")
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -70,6 +88,7 @@ class DataSpec:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, "dataset", weight=POSITIVE, num_samples=AT_LEAST_ONE, seed=NON_NEGATIVE)
         if self.kind not in DATA_KINDS:
             raise ValueError(f"unknown data kind '{self.kind}'; choose one of {list(DATA_KINDS)}")
         if self.kind in ("lerobot", "lerobot_future", "vqa_json") and not self.path:
@@ -87,12 +106,10 @@ class DataConfig:
     validation_packs: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "datasets", tuple(_build(DataSpec, d, "data.datasets") for d in self.datasets)
-        )
-        object.__setattr__(
-            self, "validation", tuple(_build(DataSpec, d, "data.validation") for d in self.validation)
-        )
+        check_fields(self, "data", validation_packs=AT_LEAST_ONE)
+        for name in ("datasets", "validation"):
+            specs = tuple(_build(DataSpec, d, f"data.{name}[{i}]") for i, d in enumerate(getattr(self, name)))
+            object.__setattr__(self, name, specs)
         object.__setattr__(self, "packing", _build(PackingConfig, self.packing, "data.packing"))
         object.__setattr__(self, "dropout", _build(ConditionDropout, self.dropout, "data.dropout"))
         if not self.datasets:
@@ -113,13 +130,23 @@ class OptimConfig:
     clip_grad_norm: float | None = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        # clip_grad_norm ≤ 0 would scale every gradient by a negative or infinite factor.
+        check_fields(
+            self,
+            "optim",
+            lr=POSITIVE,
+            eps=POSITIVE,
+            weight_decay=NON_NEGATIVE,
+            warmup_steps=NON_NEGATIVE,
+            min_lr_ratio=UNIT_INTERVAL,
+            clip_grad_norm=POSITIVE,
+        )
+        for i, beta in enumerate(self.betas):
+            check_value(f"optim.betas[{i}]", beta, float, Range(ge=0, lt=1))
         if self.schedule not in ("cosine", "constant", "linear"):
             raise ValueError(
                 f"optim.schedule must be 'cosine', 'linear' or 'constant', got '{self.schedule}'"
             )
-        if self.lr <= 0 or self.warmup_steps < 0:
-            raise ValueError("optim.lr must be > 0 and optim.warmup_steps ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,9 @@ class TrainConfig:
 
     ``fsdp`` shards weights, gradients and optimizer state over the processes of a distributed
     launch (also implied by an accelerate config with ``distributed_type: FSDP``).
+    ``on_divergence`` says what a step with a non-finite loss or gradient norm does: ``stop`` the
+    run with an error, or ``skip`` the update (counted as ``skipped_steps`` in the metrics) until
+    ``max_skipped_steps`` such steps come in a row.
     """
 
     total_steps: int = 100
@@ -141,15 +171,31 @@ class TrainConfig:
     log_every: int = 1
     log_with: tuple[str, ...] = ()
     progress: bool = True
+    on_divergence: OnDivergence = OnDivergence.STOP
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "log_with", tuple(self.log_with))
+        if not isinstance(self.on_divergence, OnDivergence):
+            choices = [c.value for c in OnDivergence]
+            if self.on_divergence not in choices:
+                raise ValueError(f"train.on_divergence must be one of {choices}, got {self.on_divergence!r}")
+            object.__setattr__(self, "on_divergence", OnDivergence(self.on_divergence))
+        check_fields(
+            self,
+            "train",
+            total_steps=AT_LEAST_ONE,
+            seed=NON_NEGATIVE,
+            ema_decay=Range(ge=0, lt=1),
+            save_every=AT_LEAST_ONE,
+            keep_last=AT_LEAST_ONE,
+            eval_every=NON_NEGATIVE,
+            log_every=AT_LEAST_ONE,
+            max_skipped_steps=AT_LEAST_ONE,
+        )
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(
                 f"train.mixed_precision must be auto, no, bf16 or fp16, got '{self.mixed_precision}'"
             )
-        if self.total_steps < 1 or self.save_every < 1 or self.log_every < 1 or self.keep_last < 1:
-            raise ValueError("train.total_steps, save_every, log_every and keep_last must be ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -165,26 +211,20 @@ class Recipe:
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self, "recipe")
+        for key, section in _SECTIONS.items():
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, _build(section, value, key))
+
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
         """Build and validate from a plain mapping (a parsed YAML file)."""
-        data = dict(data)
-        sections = {
-            "data": DataConfig,
-            "model": ModelSpec,
-            "loss": LossConfig,
-            "optim": OptimConfig,
-            "train": TrainConfig,
-            "finetune": FinetuneConfig,
-        }
-        for key, section in sections.items():
-            if data.get(key) is not None:
-                data[key] = _build(section, data[key], key)
-        if isinstance(data.get("finetune"), FinetuneConfig) and isinstance(data["finetune"].lora, dict):
-            data["finetune"] = dataclasses.replace(data["finetune"], lora=LoraSpec(**data["finetune"].lora))
+        data = {k: v for k, v in data.items() if v is not None}
         if "data" not in data or "name" not in data:
             raise ValueError("a recipe needs at least 'name' and 'data' sections")
-        return _build(cls, data, "recipe")
+        return dataclass_from_dict(cls, data, label="unknown keys", where=" in recipe section 'recipe'")
 
     def to_dict(self) -> dict:
         """Plain mapping (for trackers and the run folder)."""
@@ -193,6 +233,16 @@ class Recipe:
     def replace_steps(self, total_steps: int) -> Recipe:
         """A copy with another run length."""
         return dataclasses.replace(self, train=dataclasses.replace(self.train, total_steps=total_steps))
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelSpec,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "finetune": FinetuneConfig,
+}
 
 
 def shipped_recipes() -> list[str]:
@@ -210,10 +260,19 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                 f"recipe '{name_or_path}' is neither a YAML file nor a shipped recipe; "
                 f"shipped recipes: {shipped_recipes()}"
             )
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"recipe {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a YAML mapping")
-    return Recipe.from_dict(data)
+    try:
+        return Recipe.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"recipe {path}: {err}") from None
 
 
 def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
@@ -246,16 +305,16 @@ def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
     from emcot.training.emcot_samples import AnnotatedDataset, SampleConfig
     from emcot.training.lerobot import LeRobotDataset
 
+    where = f" of data kind '{spec.kind}' ({spec.path})"
+    cameras = opts.pop("cameras", None)
     if spec.kind == "lerobot_future":
         from emcot.training.future_frames import FutureFrameConfig, FutureFrameDataset
 
-        return FutureFrameDataset(
-            LeRobotDataset(spec.path, cameras=opts.pop("cameras", None)), FutureFrameConfig(**opts)
-        )
-    cameras = opts.pop("cameras", None)
+        config = dataclass_from_dict(FutureFrameConfig, opts, "unknown options", where)
+        return FutureFrameDataset(LeRobotDataset(spec.path, cameras=cameras), config)
     annotations = opts.pop("annotations", None)
-    dataset = LeRobotDataset(spec.path, cameras=cameras)
-    return AnnotatedDataset(dataset, annotations, SampleConfig(horizon=horizon, **opts))
+    config = dataclass_from_dict(SampleConfig, {"horizon": horizon, **opts}, "unknown options", where)
+    return AnnotatedDataset(LeRobotDataset(spec.path, cameras=cameras), annotations, config)
 
 
 def build_initial_policy(recipe: Recipe, init: str | None = None):
