@@ -6,13 +6,13 @@ subgoal MSE, action L1) is a sum divided by its element count over *all* packs o
 N processes with DDP or FSDP compute the same gradient. Flow noise, flow times and condition
 dropout are drawn from generators seeded by ``(seed, step, pack)``, and the data order is a pure
 function of the seed and the saved data position, so a resumed run repeats an uninterrupted one
-exactly.
+exactly. A step whose loss or gradient norm is not finite stops the run or is skipped
+(``train.on_divergence``, see :mod:`emcot.training.divergence`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,13 +30,16 @@ from emcot.training.checkpoints import (
     INITIAL_DIR,
     latest_checkpoint,
     load_checkpoint,
+    resumable_checkpoint,
     save_checkpoint,
     truncate_metrics,
 )
+from emcot.training.divergence import DivergenceGuard, StepHealth, any_process, refuse_nonfinite
 from emcot.training.ema import EMA
-from emcot.training.finetune import FinetuneConfig, adapt_policy, apply_lora, merged_state_dict, set_trainable
+from emcot.training.finetune import FinetuneConfig, apply_lora, set_trainable
 from emcot.training.packing import TokenPacker, shard_packs
-from emcot.training.recipes import Recipe, build_initial_policy, build_source
+from emcot.training.policy_files import export_policy, prepare_initial_policy
+from emcot.training.recipes import Recipe, build_source
 from emcot.training.sharding import full_model_state, full_tensor, root_parameters, shard_module
 
 TERMS = ("text", "subgoal", "action")
@@ -98,52 +101,6 @@ def mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def ensure_norm_stats(policy: EmCoTPolicy, sources) -> None:
-    """Compute statistics for robots in the data that the policy has none for."""
-    from emcot.training.finetune import robot_norm_stats
-
-    stats = policy.processor.norm_stats
-    missing = {}
-    for source in sources:
-        for sample in source:
-            if sample.actions is not None and sample.robot not in stats:
-                missing.setdefault(sample.robot, []).append(sample)
-    for robot, samples in missing.items():
-        entry = robot_norm_stats(samples, robot).for_robot(robot)
-        stats.add(robot, action=entry["action"], state=entry["state"])
-        if not policy.processor.settings.robot or policy.processor.settings.robot not in stats:
-            policy.processor.settings.robot = robot
-
-
-def prepare_initial_policy(recipe: Recipe, folder: Path, init: str | None) -> None:
-    """Build the run's starting policy (init, new-robot adaptation, statistics) and save it to ``folder``."""
-    policy = build_initial_policy(recipe, init)
-    ft = recipe.finetune
-    horizon = (ft.horizon if ft and ft.horizon else None) or policy.config.action.horizon
-    sources = [build_source(spec, recipe, horizon) for spec in recipe.data.datasets]
-    if ft is not None:
-        trace_samples = [s for source in sources for s in source if s.actions is not None]
-        adapt_policy(policy, ft, trace_samples, seed=recipe.train.seed)
-    ensure_norm_stats(policy, sources)
-    policy.model.config.loss = copy.deepcopy(recipe.loss)
-    policy.save_pretrained(folder)
-
-
-def export_policy(policy: EmCoTPolicy, state: dict[str, torch.Tensor], folder: Path) -> Path:
-    """Save a plain policy (LoRA merged) with the weights ``state`` of the training model."""
-    from accelerate import init_empty_weights
-
-    from emcot.modeling import EmCoTModel
-
-    merged = merged_state_dict(policy.model, state)
-    with init_empty_weights(include_buffers=False):
-        model = EmCoTModel(copy.deepcopy(policy.model.config))
-    model.load_state_dict(merged, strict=True, assign=True)
-    if model.config.tie_word_embeddings:
-        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
-    return EmCoTPolicy(model, policy.processor, policy.generation).save_pretrained(folder)
 
 
 class Trainer:
@@ -222,6 +179,7 @@ class Trainer:
         else:
             self.module, self.optimizer = acc.prepare(module, optimizer)
         self.ema = EMA(model, train.ema_decay) if train.ema_decay is not None else None
+        self.guard = DivergenceGuard(train.on_divergence, train.max_skipped_steps)
         self.weights = {
             "text": recipe.loss.text_weight,
             "subgoal": recipe.loss.subgoal_weight,
@@ -276,8 +234,11 @@ class Trainer:
         vec = self.accelerator.reduce(vec.to(self.accelerator.device), reduction="sum").cpu()
         return {k: float(v) for k, v in zip(TERMS, vec)}
 
-    def _run_packs(self, local, step: int, salt: int, train: bool) -> tuple[dict, dict, int]:
-        """Forward (and backward) this process's ``(index, pack)`` pairs; returns global sums, counts, tokens."""
+    def _run_packs(self, local, step: int, salt: int, train: bool) -> tuple[dict, dict, int, bool]:
+        """Forward (and backward) this process's ``(index, pack)`` pairs.
+
+        Returns global sums, counts and tokens, and whether every process's losses were finite.
+        """
         acc = self.accelerator
         batches = [(i, self.collator(p, rng=self._seeds(step, i, salt + 1))) for i, p in local]
         counts: dict[str, float] = {}
@@ -292,6 +253,7 @@ class Trainer:
         # (not under FSDP, whose forward is collective; its validation packs divide evenly).
         module = self.module if train or self.sharded else acc.unwrap_model(self.module)
         sums: dict[str, float] = {}
+        finite = True
         for j, (i, batch) in enumerate(batches):
             with torch.set_grad_enabled(train):
                 sync = not train or j == len(batches) - 1
@@ -306,9 +268,10 @@ class Trainer:
                     )
                     if train:
                         acc.backward(loss)
+            finite = finite and bool(torch.isfinite(loss.detach()))
             for k, v in part.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-        return self._reduce(sums), counts, tokens_global
+        return self._reduce(sums), counts, tokens_global, not any_process(acc, not finite)
 
     def _metrics(self, sums: dict, counts: dict) -> dict[str, float]:
         terms = {k: sums[k] / counts[k] for k in TERMS if counts.get(k)}
@@ -319,41 +282,48 @@ class Trainer:
         acc = self.accelerator
         self.module.eval()
         local = [(i, p) for i, p in enumerate(self.val_packs) if i % acc.num_processes == acc.process_index]
-        sums, counts, _ = self._run_packs(local, 0, salt=10, train=False)
+        sums, counts, _, _ = self._run_packs(local, 0, salt=10, train=False)
         self.module.train()
         return {f"val/{k}": v for k, v in self._metrics(sums, counts).items()}
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step on the next global batch."""
+        """One optimizer step on the next global batch (skipped or stopped if it diverged)."""
         acc = self.accelerator
         local = shard_packs(self.packer.next_step(), acc.process_index, acc.num_processes)
-        sums, counts, tokens = self._run_packs(local, self.step, salt=0, train=True)
-        clip = self.recipe.optim.clip_grad_norm
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not clip:
-            grad_norm = float("nan")
-        elif self.sharded:
-            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
-        else:
-            grad_norm = float(self.accelerator.clip_grad_norm_(params, clip))
+        sums, counts, tokens, finite = self._run_packs(local, self.step, salt=0, train=True)
+        metrics = self._metrics(sums, counts)
+        grad_norm = self._grad_norm()
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        # accelerate's fp16 grad scaler skips overflowing steps itself (not used when we shard).
+        overflow_ok = acc.scaler is not None and not self.sharded
+        health = StepHealth(self.step + 1, metrics, grad_norm, lr, finite, overflow_ok=overflow_ok)
+        if self.guard.apply_update(health):
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update()
         self.step += 1
-        return {**self._metrics(sums, counts), "lr": lr, "grad_norm": grad_norm, "tokens": tokens}
+        extra = {"lr": lr, "grad_norm": grad_norm, "tokens": tokens, "skipped_steps": self.guard.skipped}
+        return {**metrics, **extra}
+
+    def _grad_norm(self) -> float:
+        """The global gradient norm before clipping; gradients are clipped when ``optim.clip_grad_norm`` is set."""
+        clip = self.recipe.optim.clip_grad_norm or math.inf
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.sharded:
+            return float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
+        return float(self.accelerator.clip_grad_norm_(params, clip))
 
     def checkpoint(self) -> Path:
         """Write ``checkpoint-<step>`` atomically (temporary folder, then rename)."""
         return save_checkpoint(self)
 
     def resume(self) -> int:
-        """Continue from the latest checkpoint in the output folder, if any; returns the step."""
-        latest = latest_checkpoint(self.out)
-        if latest is not None:
-            self.step = load_checkpoint(self, latest)
+        """Continue from the newest undamaged checkpoint in the output folder, if any; returns the step."""
+        usable = resumable_checkpoint(self.out, self.accelerator)
+        if usable is not None:
+            self.step = load_checkpoint(self, usable)
         if self.accelerator.is_main_process:
             truncate_metrics(self.out, self.step)
         self.accelerator.wait_for_everyone()
@@ -364,6 +334,7 @@ class Trainer:
         acc = self.accelerator
         state = {k.removeprefix("model."): v for k, v in full_model_state(self.module).items()}
         averaged = self.ema.state_dict(keep=acc.is_main_process) if self.ema is not None else None
+        refuse_nonfinite(acc, {"weights": state, "EMA weights": averaged}, str(self.out / name))
         path = None
         if acc.is_main_process:
             path = export_policy(self.policy, state, self.out / name)

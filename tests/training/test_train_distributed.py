@@ -32,12 +32,16 @@ def metrics(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(workdir, recipe_file, init, output, *extra: str) -> None:
+def launch(workdir, recipe_file, init, output, *extra: str) -> subprocess.CompletedProcess:
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", str(free_port()), "-m", "emcot.training.cli_train", str(recipe_file)]
     cmd += ["--output-dir", str(output), "--init", str(init), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)
+
+
+def torchrun(workdir, recipe_file, init, output, *extra: str) -> None:
+    proc = launch(workdir, recipe_file, init, output, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -145,3 +149,20 @@ def test_fsdp_lora_finetuning_on_a_new_robot_equals_one_process(tmp_path):
     assert w1.keys() == w2.keys() and not any("lora" in k for k in w2)
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
+
+
+def test_divergence_stops_every_sharded_process_at_the_same_step(tmp_path):
+    """Both processes see the same global loss and gradient norm, so both stop; none waits forever."""
+    init = tmp_path / "init"
+    build_synthetic_policy(synthetic_samples(8, seed=0)).save_pretrained(init)
+    data = yaml.safe_load((RECIPE_DIR / "stage2-tiny.yaml").read_text())
+    data["data"]["packing"] = {"expected_tokens": 500, "max_tokens": 800, "packs_per_step": 2}
+    data["data"].pop("validation", None)
+    data["optim"].update(lr=1e6, warmup_steps=0)
+    data["train"].update(total_steps=STEPS, save_every=1, eval_every=0, ema_decay=None, progress=False)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(data))
+    proc = launch(tmp_path, recipe_file, init, tmp_path / "fsdp", "--fsdp")
+    assert proc.returncode != 0
+    assert proc.stderr.count("emcot train: error: training diverged at step 2") == 2, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "fsdp").glob("checkpoint-*")) == ["checkpoint-1"]
