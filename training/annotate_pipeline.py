@@ -80,6 +80,8 @@ def build_context(
     episode: LeRobotEpisode, config: ContextConfig, dataset_name: str = "", with_images: bool = True
 ) -> EpisodeContext:
     """Extract primitives and keyframes of one episode for an annotator."""
+    # NaN/inf would pass through the primitive thresholds unnoticed and yield an "ok" annotation.
+    episode.check_finite()
     vectors = episode.states if config.source == "state" else episode.actions
     if vectors is None:
         raise ValueError(

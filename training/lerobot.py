@@ -62,6 +62,18 @@ class LeRobotEpisode:
     def __len__(self) -> int:
         return len(self.timestamps)
 
+    def check_finite(self) -> None:
+        """Raise a ValueError naming the column and frame when the states or actions hold NaN or inf."""
+        columns = ((self._dataset.state_key, self.states), (self._dataset.action_key, self.actions))
+        for key, values in columns:
+            if values is None or np.isfinite(values).all():
+                continue
+            frame, dim = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
+            raise ValueError(
+                f"Episode {self.episode_index} has non-finite values in {key!r} (first at frame {frame}, "
+                f"dimension {dim}: {values[frame, dim]}); fix or drop the episode."
+            )
+
     def images(self, camera: str) -> np.ndarray:
         """All frames of ``camera`` (our observation name) as uint8 (T, H, W, 3)."""
         if camera not in self.cameras:

@@ -7,11 +7,12 @@ frames live. No dependency on the ``lerobot`` package.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_value, read_json, read_json_lines
 
 VISUAL_DTYPES = ("video", "image")
 IMAGE_PREFIX = "observation.images."
@@ -83,7 +84,9 @@ class LeRobotInfo:
             raise ValueError(
                 f"{root} is not a LeRobot dataset: {path} is missing. Pass the dataset's root folder."
             )
-        raw = json.loads(path.read_text())
+        raw = read_json(path, "LeRobot info file")
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(raw).__name__}.")
         missing = [k for k in ("codebase_version", "fps", "features", "data_path") if k not in raw]
         if missing:
             raise ValueError(f"{path} lacks the fields {missing}; it is not a LeRobot v2/v3 info.json.")
@@ -93,21 +96,31 @@ class LeRobotInfo:
                 f"{path} has codebase_version {version!r}; only v2.x and v3.x are supported "
                 "(convert older datasets with LeRobot's conversion scripts)."
             )
+        if not isinstance(raw["features"], dict):
+            raise ValueError(f"{path} field 'features' must be a mapping of feature specs.")
         features = {
             key: FeatureSpec(
                 key, str(spec["dtype"]), tuple(int(s) for s in spec.get("shape", ())), spec.get("names")
             )
             for key, spec in raw["features"].items()
         }
+        # A zero or negative fps would turn every timestamp into inf or a negative time.
+        fps = check_value(f"{path} field 'fps'", raw["fps"], float, POSITIVE)
+        sizes = {
+            key: check_value(f"{path} field '{key}'", raw.get(key, default), int, bounds)
+            for key, default, bounds in (
+                ("chunks_size", 1000, AT_LEAST_ONE),
+                ("total_episodes", 0, NON_NEGATIVE),
+                ("total_frames", 0, NON_NEGATIVE),
+            )
+        }
         return cls(
             codebase_version=version,
-            fps=float(raw["fps"]),
+            fps=fps,
             features=features,
             data_path=str(raw["data_path"]),
             video_path=raw.get("video_path"),
-            chunks_size=int(raw.get("chunks_size", 1000)),
-            total_episodes=int(raw.get("total_episodes", 0)),
-            total_frames=int(raw.get("total_frames", 0)),
+            **sizes,
             robot_type=raw.get("robot_type"),
             raw=raw,
         )
@@ -136,7 +149,7 @@ class EpisodeRecord:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise ValueError(f"{path} is missing; a LeRobot v2.x dataset needs it.")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_json_lines(path)
 
 
 def _table_rows(path: Path) -> list[dict]:
@@ -247,7 +260,10 @@ def load_stats(root: Path, info: LeRobotInfo) -> dict[str, dict[str, np.ndarray]
     """
     path = root / "meta" / "stats.json"
     if path.is_file():
-        return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in json.loads(path.read_text()).items()}
+        stats = read_json(path, "LeRobot statistics file")
+        if not isinstance(stats, dict) or not all(isinstance(d, dict) for d in stats.values()):
+            raise ValueError(f"{path} must map each feature to its statistics (mean, std, ...).")
+        return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in stats.items()}
     per_episode = root / "meta" / "episodes_stats.jsonl"
     if info.major_version != 2 or not per_episode.is_file():
         return {}

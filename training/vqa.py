@@ -9,12 +9,12 @@ a sample is accessed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from emcot.io_utils import read_json, read_json_lines
 from emcot.types import EmCoTSample, Observation
 
 IMAGE_TOKEN = "<image>"
@@ -48,12 +48,7 @@ class LlavaVQADataset:
             raise ValueError(
                 f"VQA file {path} does not exist; point the recipe's data path at a LLaVA JSON file"
             )
-        text = path.read_text(encoding="utf-8")
-        records = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-            if path.suffix == ".jsonl"
-            else json.loads(text)
-        )
+        records = read_json_lines(path) if path.suffix == ".jsonl" else read_json(path, "VQA file")
         if not isinstance(records, list):
             raise ValueError(f"{path} must hold a JSON list of conversation records")
         self.records = records[:max_samples] if max_samples else records

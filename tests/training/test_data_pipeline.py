@@ -98,3 +98,27 @@ def test_action_only_mode_and_errors(tmp_path, capsys):
     assert "needs --endpoint" in capsys.readouterr().err
     assert _run([str(root), "--arm", "left:0,1", "--out", str(tmp_path / "a.jsonl"), "--no-progress"]) == 2
     assert "3 position indices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("column", ["states", "actions"])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the writer's statistics of NaN data
+def test_non_finite_episodes_are_reported_failed_not_ok(tmp_path, capsys, column):
+    from emcot.training.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
+
+    states = fixtures.scripted_states()
+    bad = states.copy()
+    bad[3, 1] = np.nan if column == "states" else np.inf
+    episodes = [
+        EpisodeData("lift the cube", states, states),
+        EpisodeData("lift the cube", *((bad, states) if column == "states" else (states, bad))),
+    ]
+    root = write_lerobot_dataset(
+        tmp_path / "ds", episodes, fixtures.FPS, WriterConfig(camera_storage="image")
+    )
+    out = tmp_path / "ann.jsonl"
+    assert _run([str(root), "--backend", "rule", "--out", str(out), "--no-progress"]) == 1
+    key = "observation.state" if column == "states" else "action"
+    report = capsys.readouterr().out
+    assert "annotated 1 ok, 1 failed" in report
+    assert f"episode 1: reading: Episode 1 has non-finite values in '{key}' (first at frame 3" in report
+    assert read_annotations(out)[1].status == "failed"
