@@ -151,7 +151,7 @@ class TraceCollator:
             mode=mode,
             vit_lengths=vit_lengths,
             has_state=proc.config.action.state_dim > 0,
-            framed_instruction=proc.tokenizer.frame_prompt(proc.check_instruction(sample.instruction)),
+            framed_instruction=proc.frame_instruction(sample.instruction),
             special=proc.special,
             reasoning=reasoning,
             subgoal_tokens=self.latent_tokens,
@@ -268,7 +268,10 @@ class TraceCollator:
         use_vae = sample.metadata.get("vae_context", True) and not drop_vae
         context = [self._vae_image(frame) for frame in frames] if use_vae else []
         target = self._vae_image(sample.subgoal)
-        prompt = self.processor.tokenizer.frame_question(self.processor.check_instruction(sample.instruction))
+        proc = self.processor
+        prompt = proc.check_prompt_length(
+            proc.tokenizer.frame_question(proc.check_instruction(sample.instruction))
+        )
         layout = generation_layout(
             vit_lengths=[h * w for _, (h, w) in vit],
             context_latents=len(context),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -282,41 +281,37 @@ def _annotator_from_args(args: argparse.Namespace) -> VLMAnnotator | RuleAnnotat
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    """Run ``emcot annotate``; returns 0 when every episode is annotated, 1 on failures, 2 on bad input."""
-    try:
-        cameras = None
-        if args.cameras:
-            cameras = dict(item.split("=", 1) for item in args.cameras.split(","))
-        dataset = LeRobotDataset(args.dataset, cameras=cameras)
-        context = ContextConfig(
-            arms=tuple(ArmSpec.parse(spec) for spec in args.arm),
-            primitives=PrimitiveConfig(
-                idle_speed=args.idle_speed,
-                gripper_change=args.gripper_change,
-                min_idle_frames=args.min_idle_frames,
-                direction_share=args.direction_share,
-            ),
-            source=args.primitive_source,
-            camera=args.camera,
-            max_images=args.max_images,
-            max_image_side=args.max_image_side,
-        )
-        if args.camera and args.camera not in dataset.cameras:
-            raise ValueError(f"--camera {args.camera} is not one of {sorted(dataset.cameras)}.")
-        annotator = _annotator_from_args(args)
-        episodes = parse_episode_list(args.episodes) if args.episodes else None
-        summary = annotate_dataset(
-            dataset,
-            annotator,
-            args.out,
-            context=context,
-            episodes=episodes,
-            workers=args.workers,
-            retry_failed=not args.no_retry_failed,
-            progress=not args.no_progress,
-        )
-    except ValueError as exc:
-        print(f"emcot annotate: {exc}", file=sys.stderr)
-        return 2
+    """Run ``emcot annotate``; returns 0 when every episode is annotated, 1 on failures (bad input raises)."""
+    cameras = None
+    if args.cameras:
+        cameras = dict(item.split("=", 1) for item in args.cameras.split(","))
+    dataset = LeRobotDataset(args.dataset, cameras=cameras)
+    context = ContextConfig(
+        arms=tuple(ArmSpec.parse(spec) for spec in args.arm),
+        primitives=PrimitiveConfig(
+            idle_speed=args.idle_speed,
+            gripper_change=args.gripper_change,
+            min_idle_frames=args.min_idle_frames,
+            direction_share=args.direction_share,
+        ),
+        source=args.primitive_source,
+        camera=args.camera,
+        max_images=args.max_images,
+        max_image_side=args.max_image_side,
+    )
+    if args.camera and args.camera not in dataset.cameras:
+        raise ValueError(f"--camera {args.camera} is not one of {sorted(dataset.cameras)}.")
+    annotator = _annotator_from_args(args)
+    episodes = parse_episode_list(args.episodes) if args.episodes else None
+    summary = annotate_dataset(
+        dataset,
+        annotator,
+        args.out,
+        context=context,
+        episodes=episodes,
+        workers=args.workers,
+        retry_failed=not args.no_retry_failed,
+        progress=not args.no_progress,
+    )
     print(summary.format())
     return 1 if summary.failed else 0

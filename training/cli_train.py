@@ -44,19 +44,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     from emcot.training.trainer import train
 
-    try:
-        recipe = load_recipe(args.recipe)
-        if args.max_steps is not None:
-            recipe = recipe.replace_steps(args.max_steps)
-        if args.no_progress:
-            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, progress=False))
-        if args.fsdp:
-            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, fsdp=True))
-        output = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
-        result = train(recipe, output, resume=args.resume, init=args.init)
-    except ValueError as err:
-        print(f"emcot train: error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe)
+    if args.max_steps is not None:
+        recipe = recipe.replace_steps(args.max_steps)
+    if args.no_progress:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, progress=False))
+    if args.fsdp:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, fsdp=True))
+    output = Path(args.output_dir) if args.output_dir else Path("runs") / recipe.name
+    result = train(recipe, output, resume=args.resume, init=args.init)
     if result.policy_dir is not None:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(
@@ -68,7 +64,12 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point."""
     parser = add_train_arguments(argparse.ArgumentParser(prog="emcot train", description=__doc__))
-    return run_train(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except ValueError as err:  # one line, like the `emcot` console script
+        print(f"emcot train: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -112,5 +112,5 @@ def test_refuses_to_overwrite_and_reports_unknown_recipes(setup, tmp_path, capsy
 
     with pytest.raises(ValueError, match="--resume"):
         train(load_recipe(recipe_file), reference, init=str(init))
-    assert main(["no-such-recipe", "--output-dir", str(tmp_path / "x")]) == 2
+    assert main(["no-such-recipe", "--output-dir", str(tmp_path / "x")]) == 1
     assert "shipped recipes" in capsys.readouterr().err
