@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from emcot.policy import EmCoTPolicy
-from emcot.training.synthetic import synthetic_samples
+from emcot.policy.policy import EmCoTPolicy
+from emcot.synthetic.world import synthetic_samples
 
 
 def main() -> None:

@@ -16,16 +16,16 @@ import time
 import numpy as np
 import torch
 
-from emcot.batch import TraceCollator
-from emcot.trace_forward import compute_losses
-from emcot.training.packing import PackingConfig, TokenPacker
-from emcot.training.synthetic import (
+from emcot.model.forward import compute_losses
+from emcot.synthetic.world import (
     build_synthetic_policy,
     synthetic_action_samples,
     synthetic_generation_samples,
     synthetic_samples,
     synthetic_vqa_samples,
 )
+from emcot.training.collate import SampleCollator
+from emcot.training.packing import PackingConfig, TokenPacker
 
 
 def mixture(n: int):
@@ -76,7 +76,7 @@ def main() -> None:
     torch.manual_seed(0)
     samples = mixture(24)
     policy = build_synthetic_policy(synthetic_samples(8, seed=1))
-    collate = TraceCollator(policy.processor)
+    collate = SampleCollator(policy.processor)
     lengths = [collate.num_tokens(s) for s in samples]
 
     packer = TokenPacker(

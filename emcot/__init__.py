@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "EmCoTConfig": "emcot.config",
-    "EmCoTModel": "emcot.modeling",
-    "EmCoTPolicy": "emcot.policy",
-    "Trace": "emcot.trace",
+    "EmCoTModel": "emcot.model.modeling",
+    "EmCoTPolicy": "emcot.policy.policy",
+    "Trace": "emcot.policy.trace",
     "Observation": "emcot.types",
     "EmCoTSample": "emcot.types",
 }

@@ -7,9 +7,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from emcot.attention import ATTENTION_BACKENDS
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
-from emcot.flow import TIME_DISTRIBUTIONS, FlowSamplerConfig
 from emcot.io_utils import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -19,6 +17,8 @@ from emcot.io_utils import (
     check_value,
     dataclass_from_dict,
 )
+from emcot.model.attention import ATTENTION_BACKENDS
+from emcot.model.flow import TIME_DISTRIBUTIONS, FlowSamplerConfig
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
-from emcot.flow import FlowSamplerConfig
+from emcot.model.flow import FlowSamplerConfig
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig

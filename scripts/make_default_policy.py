@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 from emcot.training.quick_fit import fit_latent_codec, fit_policy
-from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emcot" / "assets" / "default_policy"
 

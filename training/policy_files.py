@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from emcot.policy import EmCoTPolicy
+from emcot.policy.policy import EmCoTPolicy
 from emcot.training.finetune import adapt_policy, merged_state_dict
 from emcot.training.recipes import Recipe, build_initial_policy, build_source
 
@@ -47,7 +47,7 @@ def export_policy(policy: EmCoTPolicy, state: dict[str, torch.Tensor], folder: P
     """Save a plain policy (LoRA merged) with the weights ``state`` of the training model."""
     from accelerate import init_empty_weights
 
-    from emcot.modeling import EmCoTModel
+    from emcot.model.modeling import EmCoTModel
 
     merged = merged_state_dict(policy.model, state)
     with init_empty_weights(include_buffers=False):

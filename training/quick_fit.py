@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emcot.trace_forward import compute_losses
+from emcot.model.forward import compute_losses
 from emcot.types import EmCoTSample
 
 

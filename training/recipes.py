@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from emcot.batch import ConditionDropout
 from emcot.config import LossConfig
 from emcot.io_utils import (
     AT_LEAST_ONE,
@@ -26,6 +25,7 @@ from emcot.io_utils import (
     check_value,
     dataclass_from_dict,
 )
+from emcot.training.collate import ConditionDropout
 from emcot.training.divergence import OnDivergence
 from emcot.training.finetune import FinetuneConfig
 from emcot.training.packing import PackingConfig
@@ -277,7 +277,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
     """The samples of one data source (a list or a map-style dataset)."""
-    from emcot.training import synthetic
+    from emcot.synthetic import world as synthetic
 
     n, seed, opts = spec.num_samples, spec.seed, dict(spec.options)
     if spec.kind == "synthetic_trace":
@@ -299,16 +299,16 @@ def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
             robot=opts.get("robot", ft.robot),
         )
     if spec.kind == "vqa_json":
-        from emcot.training.vqa import LlavaVQADataset
+        from emcot.training.data.vqa import LlavaVQADataset
 
         return LlavaVQADataset(spec.path, opts.get("image_root"), opts.get("max_samples"))
-    from emcot.training.emcot_samples import AnnotatedDataset, SampleConfig
-    from emcot.training.lerobot import LeRobotDataset
+    from emcot.training.data.emcot_samples import AnnotatedDataset, SampleConfig
+    from emcot.training.data.lerobot import LeRobotDataset
 
     where = f" of data kind '{spec.kind}' ({spec.path})"
     cameras = opts.pop("cameras", None)
     if spec.kind == "lerobot_future":
-        from emcot.training.future_frames import FutureFrameConfig, FutureFrameDataset
+        from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
 
         config = dataclass_from_dict(FutureFrameConfig, opts, "unknown options", where)
         return FutureFrameDataset(LeRobotDataset(spec.path, cameras=cameras), config)
@@ -319,12 +319,12 @@ def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
 
 def build_initial_policy(recipe: Recipe, init: str | None = None):
     """The policy a run starts from (before any fine-tuning adaptation)."""
-    from emcot.policy import EmCoTPolicy
+    from emcot.policy.policy import EmCoTPolicy
 
     source = init or recipe.model.init
     overrides = dict(recipe.model.overrides)
     if source == "synthetic":
-        from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
+        from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 
         return build_synthetic_policy(
             synthetic_samples(16, seed=recipe.train.seed), seed=recipe.train.seed, **overrides
@@ -346,9 +346,9 @@ def build_initial_policy(recipe: Recipe, init: str | None = None):
 
 def _policy_from_components(recipe: Recipe, overrides: dict):
     """HALO's initialisation: a Qwen LLM into all experts, a SigLIP encoder, a VAE; statistics come later."""
-    from emcot.modeling import EmCoTModel
-    from emcot.policy import EmCoTPolicy
-    from emcot.processor import EmCoTProcessor, ProcessorConfig
+    from emcot.model.modeling import EmCoTModel
+    from emcot.policy.policy import EmCoTPolicy
+    from emcot.policy.processor import EmCoTProcessor, ProcessorConfig
     from emcot.tokenizers.actions import RobotNormStats
     from emcot.tokenizers.text import HFTextTokenizer
 

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from emcot.batch import TraceCollator
-from emcot.policy import EmCoTPolicy
-from emcot.trace_forward import compute_losses, loss_counts
+from emcot.model.forward import compute_losses, loss_counts
+from emcot.policy.policy import EmCoTPolicy
 from emcot.training.checkpoints import (
     INITIAL_DIR,
     latest_checkpoint,
@@ -34,6 +33,7 @@ from emcot.training.checkpoints import (
     save_checkpoint,
     truncate_metrics,
 )
+from emcot.training.collate import SampleCollator
 from emcot.training.divergence import DivergenceGuard, StepHealth, any_process, refuse_nonfinite
 from emcot.training.ema import EMA
 from emcot.training.finetune import FinetuneConfig, apply_lora, set_trainable
@@ -152,7 +152,7 @@ class Trainer:
         if recipe.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         horizon = model.config.action.horizon
-        self.collator = TraceCollator(policy.processor, recipe.data.dropout)
+        self.collator = SampleCollator(policy.processor, recipe.data.dropout)
         data = recipe.data
         self.packer = TokenPacker(
             [build_source(s, recipe, horizon) for s in data.datasets],

@@ -35,7 +35,7 @@ class CliCase:
 
 def make_inputs(scratch: Path) -> dict[str, str]:
     """Write the scratch files the cases name; returns placeholder → path."""
-    from emcot.training.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
+    from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
     from emcot.training.recipes import RECIPE_DIR
 
     rng = np.random.default_rng(0)
@@ -222,7 +222,7 @@ CASES = [
     CliCase(
         "policy-is-file", "generate --policy {notes} --image head={png} --instruction go", 1, r"config\.json"
     ),
-    # train: emcot.training.cli_train reports its own ValueErrors with exit 2.
+    # train: emcot.cli.train reports its own ValueErrors with exit 2.
     CliCase("recipe-unknown", "train no-such-recipe", 1, r"neither a YAML file nor a shipped recipe"),
     CliCase("recipe-invalid-yaml", "train {broken}", 1, r"broken\.yaml.*(?i:yaml).*line \d+"),
     CliCase("recipe-not-a-mapping", "train {list}", 1, r"must hold a YAML mapping"),
@@ -239,7 +239,7 @@ CASES = [
         2,
         r"argument --output-dir: .* is a file",
     ),
-    # annotate: emcot.training.annotate_pipeline reports its own ValueErrors with exit 2.
+    # annotate: emcot.training.annotation.pipeline reports its own ValueErrors with exit 2.
     CliCase(
         "annotate-out-is-folder", "annotate {dataset} --out {folder}", 2, r"argument --out: .* is a folder"
     ),

@@ -18,10 +18,10 @@ from safetensors.torch import save_file
 
 from emcot import EmCoTConfig, EmCoTModel, EmCoTPolicy, Observation, Trace
 from emcot.experts.config import ExpertConfig
-from emcot.flow import FlowSamplerConfig
-from emcot.generation import GenerationOptions
+from emcot.inference.generation import GenerationOptions
 from emcot.io_utils import load_safetensors_folder
-from emcot.policy import DEFAULT_POLICY
+from emcot.model.flow import FlowSamplerConfig
+from emcot.policy.policy import DEFAULT_POLICY
 
 NAN, INF = float("nan"), float("inf")
 INSTRUCTION = "push the red block to the left"

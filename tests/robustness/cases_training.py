@@ -513,7 +513,7 @@ def _states(length: int = 20) -> np.ndarray:
 
 def _dataset(scratch: Path, states: list[np.ndarray] | None = None, actions: list | None = None) -> Path:
     """A v2.1 LeRobot dataset without cameras: one episode per entry of ``states``."""
-    from emcot.training.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
+    from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
 
     states = states or [_states()]
     actions = actions or states
@@ -528,7 +528,7 @@ def _meta(edit: Callable[[Path], None]) -> Callable[[Path], object]:
     """Write a dataset, apply ``edit`` to its root, open it and read its statistics."""
 
     def run(scratch: Path) -> object:
-        from emcot.training.lerobot import LeRobotDataset
+        from emcot.training.data.lerobot import LeRobotDataset
 
         root = _dataset(scratch)
         edit(root)
@@ -570,8 +570,8 @@ def _episode_context(
     states: list[np.ndarray], actions: list | None = None, episode: int = 0
 ) -> Callable[[Path], object]:
     def run(scratch: Path) -> object:
-        from emcot.training.annotate_pipeline import ContextConfig, build_context
-        from emcot.training.lerobot import LeRobotDataset
+        from emcot.training.annotation.pipeline import ContextConfig, build_context
+        from emcot.training.data.lerobot import LeRobotDataset
 
         dataset = LeRobotDataset(_dataset(scratch, states, actions))
         return build_context(dataset.episode(episode), ContextConfig(), with_images=False)
@@ -580,9 +580,9 @@ def _episode_context(
 
 
 def _annotate_reports_failure(scratch: Path) -> None:
-    from emcot.training.annotate_pipeline import annotate_dataset
-    from emcot.training.annotators import RuleAnnotator
-    from emcot.training.lerobot import LeRobotDataset
+    from emcot.training.annotation.annotators import RuleAnnotator
+    from emcot.training.annotation.pipeline import annotate_dataset
+    from emcot.training.data.lerobot import LeRobotDataset
 
     bad = _states()
     bad[5, 2] = math.inf
@@ -594,7 +594,7 @@ def _annotate_reports_failure(scratch: Path) -> None:
 
 def _vqa(name: str, text: str, read: str | None = None) -> Callable[[Path], object]:
     def run(scratch: Path) -> object:
-        from emcot.training.vqa import LlavaVQADataset
+        from emcot.training.data.vqa import LlavaVQADataset
 
         (scratch / name).write_text(text)
         return LlavaVQADataset(scratch / (read or name))
@@ -604,7 +604,7 @@ def _vqa(name: str, text: str, read: str | None = None) -> Callable[[Path], obje
 
 def _annotations(text: str) -> Callable[[Path], object]:
     def run(scratch: Path) -> object:
-        from emcot.training.annotations import read_annotations
+        from emcot.training.annotation.annotations import read_annotations
 
         (scratch / "ann.jsonl").write_text(text)
         return read_annotations(scratch / "ann.jsonl")

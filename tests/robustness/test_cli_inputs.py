@@ -8,7 +8,7 @@ import pytest
 import yaml
 from cases_cli import CASES, make_inputs
 
-from emcot.cli import main
+from emcot.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def _raise(err: BaseException):
 
 
 def test_a_bug_names_its_type_and_points_to_debug(monkeypatch, tmp_path, capsys):
-    from emcot.policy import EmCoTPolicy
+    from emcot.policy.policy import EmCoTPolicy
 
     monkeypatch.setattr(EmCoTPolicy, "default", _raise(RuntimeError("boom\nsecond line")))
     code, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
@@ -85,7 +85,7 @@ def _yaml_error(text: str) -> yaml.YAMLError:
     ids=["ctrl-c", "permission", "multi-line-value-error", "yaml"],
 )
 def test_user_errors_read_as_their_message(err, code, line, monkeypatch, tmp_path, capsys):
-    from emcot.policy import EmCoTPolicy
+    from emcot.policy.policy import EmCoTPolicy
 
     monkeypatch.setattr(EmCoTPolicy, "default", _raise(err))
     assert run_cli(["demo", "--out", str(tmp_path)], capsys) == (code, f"emcot demo: error: {line}\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emcot.training.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
+from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
 
 FPS = 10
 

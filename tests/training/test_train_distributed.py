@@ -14,8 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 from emcot.training.recipes import RECIPE_DIR, load_recipe
-from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
 from emcot.training.trainer import train
 
 STEPS = 4
@@ -34,7 +34,7 @@ def metrics(folder) -> list[dict]:
 
 def launch(workdir, recipe_file, init, output, *extra: str) -> subprocess.CompletedProcess:
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(free_port()), "-m", "emcot.training.cli_train", str(recipe_file)]
+    cmd += ["--master_port", str(free_port()), "-m", "emcot.cli.train", str(recipe_file)]
     cmd += ["--output-dir", str(output), "--init", str(init), "--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=workdir)

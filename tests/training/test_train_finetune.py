@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from emcot.batch import TraceCollator
-from emcot.modeling import EmCoTModel
-from emcot.policy import EmCoTPolicy
-from emcot.trace_forward import compute_losses
+from emcot.model.forward import compute_losses
+from emcot.model.modeling import EmCoTModel
+from emcot.policy.policy import EmCoTPolicy
+from emcot.synthetic.world import build_synthetic_policy, synthetic_robot_samples, synthetic_samples
+from emcot.training.collate import SampleCollator
 from emcot.training.finetune import (
     FinetuneConfig,
     LoraSpec,
@@ -23,7 +24,6 @@ from emcot.training.finetune import (
     set_trainable,
 )
 from emcot.training.recipes import load_recipe
-from emcot.training.synthetic import build_synthetic_policy, synthetic_robot_samples, synthetic_samples
 from emcot.training.trainer import train
 
 
@@ -54,7 +54,7 @@ def test_adapt_policy_sets_the_new_robots_statistics(policy):
     assert change.resized == {"action_dim": (4, 6), "state_dim": (4, 5), "horizon": (8, 6)}
     stats = policy.processor.norm_stats.for_robot("new_robot")
     assert stats["action"].dim == 6 and stats["state"].dim == 5
-    out = compute_losses(policy.model, TraceCollator(policy.processor)(samples[:2]))
+    out = compute_losses(policy.model, SampleCollator(policy.processor)(samples[:2]))
     assert torch.isfinite(out.loss)
 
 
@@ -75,7 +75,7 @@ def test_param_groups_and_freezing(policy):
 
 def test_lora_trains_adapters_only_and_merges_exactly(policy):
     samples = synthetic_samples(2, seed=3)
-    batch = TraceCollator(policy.processor)(samples)
+    batch = SampleCollator(policy.processor)(samples)
     model = policy.model.eval()
     spec = LoraSpec(experts=("und",), r=4, alpha=8)
     apply_lora(model, spec)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emcot.training.future_frames import FutureFrameConfig, FutureFrameDataset
-from emcot.training.lerobot import LeRobotDataset
+from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
+from emcot.training.data.lerobot import LeRobotDataset
 
 _spec = importlib.util.spec_from_file_location(
     "lerobot_fixtures", Path(__file__).with_name("lerobot_fixtures.py")
@@ -44,7 +44,7 @@ def test_samples_hold_context_frames_and_the_future_target(dataset):
 
 
 def test_future_frames_train_the_generation_expert(dataset):
-    from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
+    from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 
     ds, _ = dataset
     frames = FutureFrameDataset(ds, FutureFrameConfig(offset=3, context=2))

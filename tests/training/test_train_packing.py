@@ -9,19 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from emcot.batch import ConditionDropout, TraceCollator
-from emcot.planner import SpecialIds, generation_layout, subgoal_segments, vqa_layout
-from emcot.sequence import AttnMode, Modality
-from emcot.trace_forward import compute_losses, loss_counts
-from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
-from emcot.training.synthetic import (
+from emcot.model.forward import compute_losses, loss_counts
+from emcot.sequence.layouts import SpecialIds, generation_layout, subgoal_segments, vqa_layout
+from emcot.sequence.plan import AttnMode, Modality
+from emcot.synthetic.world import (
     build_synthetic_policy,
     synthetic_action_samples,
     synthetic_generation_samples,
     synthetic_samples,
     synthetic_vqa_samples,
 )
-from emcot.training.vqa import LlavaVQADataset, conversation_turns
+from emcot.training.collate import ConditionDropout, SampleCollator
+from emcot.training.data.vqa import LlavaVQADataset, conversation_turns
+from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
 
 SPECIAL = SpecialIds(1, 2, 3, 4, 5, 0)
 
@@ -64,7 +64,7 @@ def test_generation_layout_reuses_the_subgoal_noisy_segment():
 
 
 def test_collator_packs_every_kind_and_counts_match(policy, mixed):
-    collate = TraceCollator(policy.processor)
+    collate = SampleCollator(policy.processor)
     batch = collate(mixed)
     assert batch.num_tokens == sum(collate.num_tokens(s) for s in mixed)
     assert set(batch.plan.sample_ids) == set(range(len(mixed)))
@@ -79,8 +79,8 @@ def test_collator_packs_every_kind_and_counts_match(policy, mixed):
 
 def test_condition_dropout_hides_or_removes_conditions(policy):
     sample = synthetic_generation_samples(1, seed=6)[0]
-    full = TraceCollator(policy.processor)([sample])
-    dropped = TraceCollator(policy.processor, ConditionDropout(text=1.0, vit=1.0, vae=1.0))(
+    full = SampleCollator(policy.processor)([sample])
+    dropped = SampleCollator(policy.processor, ConditionDropout(text=1.0, vit=1.0, vae=1.0))(
         [sample], rng=np.random.default_rng(0)
     )
     assert [s.role for s in full.plan.segments] == [
@@ -96,16 +96,16 @@ def test_condition_dropout_hides_or_removes_conditions(policy):
     mask = dropped.plan.layout().mask(key_drop=dropped.key_drop)
     assert not mask[-1, :text].any()
     trace = synthetic_samples(1, seed=7)
-    always = TraceCollator(policy.processor, ConditionDropout(1.0, 1.0, 1.0))
-    assert always(trace).plan.segments == TraceCollator(policy.processor)(trace).plan.segments
+    always = SampleCollator(policy.processor, ConditionDropout(1.0, 1.0, 1.0))
+    assert always(trace).plan.segments == SampleCollator(policy.processor)(trace).plan.segments
 
 
 def test_condition_dropout_of_action_only_samples(policy):
     sample = synthetic_action_samples(1, seed=8)[0]
-    full = TraceCollator(policy.processor)([sample])
+    full = SampleCollator(policy.processor)([sample])
     roles = [s.role for s in full.plan.segments]
     assert roles == ["camera"] * roles.count("camera") + ["state", "prompt", "action_start", "actions"]
-    no_text = TraceCollator(policy.processor, ConditionDropout(text=1.0))(
+    no_text = SampleCollator(policy.processor, ConditionDropout(text=1.0))(
         [sample], rng=np.random.default_rng(0)
     )
     assert no_text.plan.segments == full.plan.segments
@@ -113,20 +113,20 @@ def test_condition_dropout_of_action_only_samples(policy):
     observation = sum(s.length for s in full.plan.segments if s.role in ("camera", "state"))
     horizon = full.plan.segments[-1].length
     assert mask[-horizon:, :observation].all() and not mask[-horizon:, observation:-horizon].any()
-    no_vit = TraceCollator(policy.processor, ConditionDropout(vit=1.0))(
+    no_vit = SampleCollator(policy.processor, ConditionDropout(vit=1.0))(
         [sample], rng=np.random.default_rng(0)
     )
     assert [s.role for s in no_vit.plan.segments] == ["state", "prompt", "action_start", "actions"]
     assert no_vit.key_drop is None and no_vit.vit_patches.shape[0] == 0
     off = ConditionDropout(text=1.0, vit=1.0, action_samples=False)
-    kept = TraceCollator(policy.processor, off)([sample], rng=np.random.default_rng(0))
+    kept = SampleCollator(policy.processor, off)([sample], rng=np.random.default_rng(0))
     assert kept.plan.segments == full.plan.segments and kept.key_drop is None
     out = compute_losses(policy.model, no_text, torch.Generator().manual_seed(0))
     assert torch.isfinite(out.terms["action"])
 
 
 def test_padding_adds_loss_free_tokens(policy, mixed):
-    collate = TraceCollator(policy.processor)
+    collate = SampleCollator(policy.processor)
     longest = max(collate.num_tokens(s) for s in mixed[:4])
     padded = collate(mixed[:4], pad_to=longest)
     assert padded.num_tokens == 4 * longest
@@ -197,7 +197,7 @@ def test_llava_json_reader(tmp_path, policy):
     sample = data[0]
     assert sample.metadata["kind"] == "vqa" and sample.observation.images["image0"].shape == (20, 24, 3)
     assert sample.metadata["turns"][0] == ("What colour is the block?", "The block is red.")
-    batch = TraceCollator(policy.processor)([data[0], data[1]])
+    batch = SampleCollator(policy.processor)([data[0], data[1]])
     assert [s.role for s in batch.plan.segments].count("answer") == 3
     with pytest.raises(ValueError, match="human"):
         conversation_turns([{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}])

@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from emcot.policy import EmCoTPolicy
-from emcot.training.cli_train import add_train_arguments, run_train
+from emcot.cli.train import add_train_arguments, run_train
+from emcot.policy.policy import EmCoTPolicy
 from emcot.training.recipes import RECIPE_DIR, Recipe, build_initial_policy, load_recipe, shipped_recipes
 from emcot.training.trainer import Schedule, train
 

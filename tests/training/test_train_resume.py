@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 from emcot.training.recipes import RECIPE_DIR, load_recipe
-from emcot.training.synthetic import build_synthetic_policy, synthetic_samples
 from emcot.training.trainer import train
 
 STEPS = 16
@@ -28,7 +28,7 @@ def losses(folder: Path) -> dict[int, float]:
 
 
 def command(recipe_file: Path, out: Path, init: Path, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "emcot.training.cli_train", str(recipe_file), "--output-dir", str(out)]
+    cmd = [sys.executable, "-m", "emcot.cli.train", str(recipe_file), "--output-dir", str(out)]
     return cmd + ["--init", str(init), "--no-progress", *extra]
 
 
@@ -108,7 +108,7 @@ def test_checkpoint_contents_and_retention(setup):
 
 def test_refuses_to_overwrite_and_reports_unknown_recipes(setup, tmp_path, capsys):
     root, init, recipe_file, reference = setup
-    from emcot.training.cli_train import main
+    from emcot.cli.train import main
 
     with pytest.raises(ValueError, match="--resume"):
         train(load_recipe(recipe_file), reference, init=str(init))

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from emcot.batch import TraceCollator
-from emcot.trace_forward import compute_losses
+from emcot.model.forward import compute_losses
+from emcot.synthetic.world import build_synthetic_policy, synthetic_samples, synthetic_vqa_samples
+from emcot.training.collate import SampleCollator
 from emcot.training.recipes import load_recipe
 from emcot.training.sharding import root_parameters
-from emcot.training.synthetic import build_synthetic_policy, synthetic_samples, synthetic_vqa_samples
 from emcot.training.trainer import LossModule, Trainer
 
 
@@ -32,7 +32,7 @@ def backward(module: LossModule, batch) -> float:
 def test_idle_experts_and_heads_get_zero_gradients_without_changing_the_loss(policy):
     model = policy.model.train()
     # A VQA-only pack: no latent or action tokens, so two experts and their heads sit idle.
-    batch = TraceCollator(policy.processor)(synthetic_vqa_samples(2, seed=1))
+    batch = SampleCollator(policy.processor)(synthetic_vqa_samples(2, seed=1))
     plain = LossModule(model)
     loss_plain = backward(plain, batch)
     action_layer = [p for p in model.backbone.layers[0].experts["act"].parameters()]
@@ -56,7 +56,7 @@ def test_idle_experts_and_heads_get_zero_gradients_without_changing_the_loss(pol
 
 def test_idle_routing_leaves_used_experts_unchanged(policy):
     model = policy.model.train()
-    batch = TraceCollator(policy.processor)(synthetic_samples(2, seed=2))
+    batch = SampleCollator(policy.processor)(synthetic_samples(2, seed=2))
     expected = compute_losses(model, batch, torch.Generator().manual_seed(3)).terms
     model.backbone.route_idle_experts = True
     try:

@@ -1,0 +1,1 @@
+"""Other projects' checkpoints: Qwen/SigLIP/FLUX component initialisation, HALO and FLUX-VAE converters."""

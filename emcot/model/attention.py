@@ -1,0 +1,140 @@
+"""Shared attention: rotary embeddings, KV cache and switchable backends (SDPA, flex, eager)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emcot.sequence.plan import TokenLayout
+
+ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
+
+
+class RotaryEmbedding(nn.Module):
+    """Standard RoPE (rotate-half layout, as in Qwen2) evaluated at arbitrary integer positions.
+
+    The inverse frequencies are computed from ``theta`` rather than held in a buffer: loaders that
+    build models on the meta device re-create non-persistent buffers uninitialised, and a dtype
+    cast (``model.to(torch.bfloat16)``) would round them. Computed here they are the same float32
+    values on every loading path; they are cached per device.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = float(theta)
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}
+
+    def inv_freq(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The float32 inverse frequencies ``[head_dim / 2]`` on ``device`` (Qwen2's formula)."""
+        device = torch.device(device)
+        if device not in self._inv_freq:
+            # Explicit CPU arange: a surrounding meta-device context must not make these meta tensors.
+            exponent = (
+                torch.arange(0, self.head_dim, 2, dtype=torch.int64, device="cpu").float() / self.head_dim
+            )
+            self._inv_freq[device] = (1.0 / (self.theta**exponent)).to(device)
+        return self._inv_freq[device]
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of shape ``[*positions.shape, head_dim]``."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, heads, L, hd]`` by per-token angles ``[B, L, hd]``."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Keys and values per layer (post-RoPE), growing along the sequence.
+
+    A forward pass may read the cache without writing to it: denoising steps attend to the
+    prefix many times and must leave it untouched.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def __len__(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of the cache followed by the new ones (not stored)."""
+        if self.keys[layer] is None:
+            return k, v
+        return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Replace a layer's keys and values (after :meth:`extend` when writing)."""
+        self.keys[layer], self.values[layer] = k, v
+
+
+def make_mask(
+    backend: str,
+    layout: TokenLayout,
+    query_start: int = 0,
+    key_drop: torch.Tensor | None = None,
+):
+    """The mask object a backend consumes: a dense bool tensor, or a flex ``BlockMask``."""
+    if backend in ("sdpa", "eager"):
+        return layout.mask(query_start, key_drop)
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        sample, segment, bidir, noise = layout.sample, layout.segment, layout.bidirectional, layout.noise
+        drop = key_drop if key_drop is not None else torch.zeros_like(noise)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            q = q_idx + query_start
+            earlier = (segment[kv_idx] < segment[q]) & ~noise[kv_idx]
+            same = (segment[kv_idx] == segment[q]) & (bidir[q] | (kv_idx <= q))
+            visible = ~drop[kv_idx] | (segment[kv_idx] == segment[q])
+            return (sample[q] == sample[kv_idx]) & (earlier | same) & visible
+
+        n = len(layout)
+        return create_block_mask(mask_mod, None, None, n - query_start, n, device=layout.sample.device)
+    raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
+
+
+@functools.cache
+def _flex_attention(compiled: bool):
+    # Uncompiled flex materialises the score matrix; compile it where a fused kernel exists (GPU).
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if compiled else flex_attention
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: str) -> torch.Tensor:
+    """Grouped-query attention ``q [B, H, Lq, d]``, ``k/v [B, Hkv, Lk, d]`` → ``[B, Lq, H·d]``."""
+    groups = q.shape[1] // k.shape[1]
+    if backend == "flex":
+        out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, enable_gqa=groups > 1)
+    else:
+        if mask.dim() == 2:
+            mask = mask[None, None]
+        elif mask.dim() == 3:
+            mask = mask[:, None]
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        if backend == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif backend == "eager":
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            out = scores.softmax(-1) @ v
+        else:
+            raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
+    b, h, lq, d = out.shape
+    return out.transpose(1, 2).reshape(b, lq, h * d)

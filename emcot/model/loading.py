@@ -1,0 +1,123 @@
+"""Loading saved EmCoT models safely: safetensors only, every mismatch a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emcot.config import EmCoTConfig
+from emcot.io_utils import load_safetensors_folder, read_json
+from emcot.model.modeling import EmCoTModel
+
+
+def read_config(folder: Path) -> EmCoTConfig:
+    """The folder's ``config.json`` as an :class:`EmCoTConfig`, refusing other model types."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no config.json; is it a saved emcot policy or model folder?")
+    data = read_json(path, "model config")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object; the checkpoint is corrupt")
+    model_type = data.get("model_type")
+    if model_type != EmCoTConfig.model_type:
+        hint = (
+            " — convert it with `emcot convert halo SRC DST`" if model_type in (None, "bagel", "halo") else ""
+        )
+        raise ValueError(
+            f"{path} describes a model of type '{model_type}', not 'emcot'{hint}. For a Qwen/SigLIP/VAE "
+            "component checkpoint use EmCoTModel.from_components(llm=..., vision=..., vae=...)"
+        )
+    return EmCoTConfig.from_pretrained(folder)
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bfloat16"``/``"bf16"``/``torch.bfloat16``-style names → a floating torch dtype (None stays None)."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        resolved = _DTYPE_NAMES.get(dtype.removeprefix("torch."))
+        if resolved is None:
+            raise ValueError(f"unknown torch_dtype '{dtype}'; choose one of {sorted(_DTYPE_NAMES)}")
+        return resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"torch_dtype must be a floating torch dtype or its name, got {dtype!r}")
+    return dtype
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Missing/unexpected keys and shape mismatches → one ValueError listing them."""
+    expected = model.state_dict()
+    tied = {"understanding.lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(k for k in expected if k not in state and k not in tied)
+    unexpected = sorted(k for k in state if k not in expected)
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing[:12]}{' …' if len(missing) > 12 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected keys ({len(unexpected)}): {unexpected[:12]}{' …' if len(unexpected) > 12 else ''}"
+        )
+    for key, value in state.items():
+        if key in expected and value.shape != expected[key].shape:
+            problems.append(
+                f"shape mismatch for '{key}': checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+            )
+    if problems:
+        raise ValueError(
+            "checkpoint does not fit the model described by its config.json:\n  "
+            + "\n  ".join(problems)
+            + "\nThe weights and config.json come from different models, or the file was edited; "
+            "re-save the policy, or build the right architecture with EmCoTConfig overrides"
+        )
+
+
+def load_model(
+    folder: str | Path,
+    torch_dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    low_memory: bool = True,
+    config: EmCoTConfig | None = None,
+) -> EmCoTModel:
+    """Build the model from ``config.json`` and fill it from safetensors weights.
+
+    With ``low_memory`` the model is created without allocating weights (accelerate's empty-weight
+    initialisation) and takes the loaded tensors directly, so peak memory is one copy. ``config``
+    replaces the folder's ``config.json`` (the weights must still fit it exactly).
+    """
+    folder = Path(folder)
+    config = read_config(folder) if config is None else config
+    torch_dtype = resolve_dtype(torch_dtype)
+    state = load_safetensors_folder(folder)
+    if low_memory:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            model = EmCoTModel(config)
+    else:
+        model = EmCoTModel(config)
+    check_state_dict(model, state)
+    if low_memory:
+        # Fresh, allocator-aligned copies one tensor at a time: tensors viewed straight out of the
+        # file buffer can take other SIMD paths and change results in the last bit.
+        for key in list(state):
+            state[key] = state[key].clone()
+    model.load_state_dict(state, strict=False, assign=low_memory)
+    if config.tie_word_embeddings:
+        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
+    if torch_dtype is not None or device is not None:
+        model.to(device=device, dtype=torch_dtype)
+    return model.eval()

@@ -1,0 +1,390 @@
+"""`EmCoTModel`: the Mixture-of-Transformers policy network as a `transformers.PreTrainedModel`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from emcot.config import EmCoTConfig
+from emcot.experts.action import ActionIO
+from emcot.experts.block import RMSNorm
+from emcot.experts.generation import SubgoalIO
+from emcot.experts.understanding import UnderstandingIO
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
+from emcot.model.attention import KVCache, make_mask
+from emcot.model.backbone import MoTBackbone
+from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
+
+
+@dataclass
+class CausalLMOutput(ModelOutput):
+    """Text-path output: next-token logits (and the mean cross-entropy when labels were given)."""
+
+    logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
+@dataclass
+class PreparedQuery:
+    """What a backbone pass needs besides embeddings and cache: for tokens from ``query_start`` on,
+    their experts, RoPE positions and the mask against every key up to them."""
+
+    query_start: int
+    experts: torch.Tensor
+    positions: torch.Tensor
+    mask: object
+
+
+class EmCoTModel(PreTrainedModel):
+    """Three experts (understanding, subgoal generation, action) sharing one attention per layer.
+
+    Text-only calls (``model(input_ids=ids)``) run the understanding expert and behave like the
+    ``Qwen2ForCausalLM`` it was initialised from. Multimodal training and trace generation go
+    through :mod:`emcot.trace_model` helpers built on :meth:`run_plan`.
+    """
+
+    config_class = EmCoTConfig
+    base_model_prefix = "emcot"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MoTLayer"]
+    _tied_weights_keys = {"understanding.lm_head.weight": "understanding.embed_tokens.weight"}
+
+    def __init__(self, config: EmCoTConfig) -> None:
+        super().__init__(config)
+        hidden = config.hidden_size
+        vit_hidden = config.vision.hidden_size if config.vision is not None else None
+        self.understanding = UnderstandingIO(
+            config.vocab_size, hidden, config.tie_word_embeddings, vit_hidden, config.connector_hidden_act
+        )
+        self.backbone = MoTBackbone(config.experts, config.rope_theta)
+        self.vision = None
+        self.latent_codec = None
+        self.subgoal = None
+        if config.vision is not None:
+            from emcot.tokenizers.vision import VisionEncoder
+
+            self.vision = VisionEncoder(config.vision)
+        if config.vae is not None:
+            from emcot.tokenizers.vae import LatentCodec
+
+            self.latent_codec = LatentCodec.from_config(config.vae)
+            token_dim = config.vae.latent_channels * config.vae.patch_size**2
+            self.subgoal = SubgoalIO(token_dim, hidden, config.timestep_frequency_dim)
+        self.action = ActionIO(
+            config.action.action_dim, config.action.state_dim, hidden, config.timestep_frequency_dim
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The VAE and the ViT keep their own (library) initialisation; only our layers are reset.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, SubgoalIO):
+            nn.init.zeros_(module.latent_out.weight)
+            nn.init.zeros_(module.latent_out.bias)
+        elif isinstance(module, ActionIO):
+            nn.init.zeros_(module.action_out.weight)
+            nn.init.zeros_(module.action_out.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.understanding.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.understanding.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.understanding.lm_head
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+        self.backbone.gradient_checkpointing = enable
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Recompute each layer in the backward pass instead of storing its activations."""
+        self.backbone.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store activations again."""
+        self.backbone.gradient_checkpointing = False
+
+    @property
+    def attention_backend(self) -> str:
+        """``"sdpa"`` (default, fastest on CPU), ``"flex"`` (block masks, GPU) or ``"eager"`` (reference)."""
+        return self.config.attention_backend
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch the attention kernel used by every layer."""
+        from emcot.model.attention import ATTENTION_BACKENDS
+
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
+        self.config.attention_backend = backend
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for this model."""
+        return KVCache(self.config.num_hidden_layers)
+
+    def prepare_query(
+        self,
+        plan: SequencePlan,
+        query_start: int = 0,
+        key_drop: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> PreparedQuery:
+        """Mask, RoPE positions and expert routing of ``plan``'s tokens from ``query_start`` on.
+
+        They depend only on the plan, so a denoising loop prepares them once and runs every
+        step with :meth:`run_prepared`.
+        """
+        device = device if device is not None else self.device
+        layout = plan.layout(device)
+        return PreparedQuery(
+            query_start=query_start,
+            experts=layout.expert[query_start:],
+            positions=plan.positions(device)[query_start:],
+            mask=make_mask(self.attention_backend, layout, query_start, key_drop),
+        )
+
+    def run_prepared(
+        self,
+        embeds: torch.Tensor,
+        query: PreparedQuery,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> torch.Tensor:
+        """Run the backbone on ``embeds [B, n, H]`` of a prepared query; returns final-normed hidden states.
+
+        The tokens before ``query.query_start`` must already be in ``cache``; with ``write_cache``
+        the new keys/values are appended, otherwise the cache is only read.
+        """
+        if cache is not None and len(cache) != query.query_start:
+            raise ValueError(
+                f"cache holds {len(cache)} tokens but the new tokens start at {query.query_start}"
+            )
+        return self.backbone(
+            embeds, query.experts, query.positions, query.mask, self.attention_backend, cache, write_cache
+        )
+
+    def run_plan(
+        self,
+        embeds: torch.Tensor,
+        plan: SequencePlan,
+        query_start: int = 0,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+        key_drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the backbone on the tokens of ``plan`` from ``query_start`` on (prepare, then run).
+
+        ``embeds [B, L - query_start, H]`` are the input embeddings of those tokens; the tokens
+        before ``query_start`` must already be in ``cache``. Returns final-normed hidden states.
+        """
+        query = self.prepare_query(plan, query_start, key_drop, embeds.device)
+        return self.run_prepared(embeds, query, cache, write_cache)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: KVCache | None = None,
+        **kwargs,
+    ) -> CausalLMOutput:
+        """Text-only causal LM through the understanding expert (Qwen2-compatible).
+
+        ``attention_mask [B, L]`` (1 = token, 0 = padding) supports left-padded batches;
+        ``cache`` continues from earlier tokens and is extended in place. ``labels`` give the
+        mean next-token cross-entropy (−100 is ignored), as Hugging Face models do.
+        """
+        if kwargs:
+            raise ValueError(
+                f"unexpected arguments {sorted(kwargs)}; multimodal inputs go through EmCoTPolicy"
+            )
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        b, n = input_ids.shape
+        past = len(cache) if cache is not None else 0
+        embeds = self.understanding.embed_tokens(input_ids)
+        if attention_mask is None:
+            plan = SequencePlan([Segment(Modality.TEXT, AttnMode.CAUSAL, past + n)])
+            hidden = self.run_plan(embeds, plan, past, cache, write_cache=cache is not None)
+        else:
+            hidden = self._padded_text_forward(embeds, attention_mask, cache, past)
+        logits = self.understanding.logits(hidden)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutput(logits=logits, loss=loss)
+
+    def _padded_text_forward(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None, past: int
+    ) -> torch.Tensor:
+        total = attention_mask.shape[1]
+        if total != past + embeds.shape[1]:
+            raise ValueError(
+                f"attention_mask covers {total} tokens but cache ({past}) + input ({embeds.shape[1]}) is {past + embeds.shape[1]}"
+            )
+        valid = attention_mask.bool()
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        q = torch.arange(past, total, device=embeds.device)[:, None]
+        k = torch.arange(total, device=embeds.device)[None, :]
+        # Padding queries attend to themselves only, so no softmax row is empty.
+        mask = ((k <= q) & valid[:, None, :]) | (k == q)
+        experts = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        # Padding makes the mask differ per row; flex block masks are built from one shared plan,
+        # so padded batches use the dense-mask kernel with the same maths.
+        backend = "eager" if self.attention_backend == "flex" else self.attention_backend
+        return self.backbone(embeds, experts, positions, mask, backend, cache, write_cache=cache is not None)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.LongTensor:
+        """Text continuation with a KV cache; greedy unless ``do_sample``. Returns prompt + new tokens.
+
+        Rows that reach an EOS token are padded with ``pad_token_id`` (default: the EOS id).
+        """
+        from emcot.model.sampling import next_token
+
+        max_new_tokens = check_value("max_new_tokens", max_new_tokens, int, NON_NEGATIVE)
+        do_sample = check_value("do_sample", do_sample, bool)
+        temperature = check_value("temperature", temperature, float, POSITIVE)
+        top_k = check_value("top_k", top_k, int | None, AT_LEAST_ONE)
+        top_p = check_value("top_p", top_p, float | None, Range(gt=0, le=1))
+        eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+        cache = self.new_cache()
+        logits = self(input_ids, cache=cache).logits[:, -1]
+        out, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            out = torch.cat([out, token[:, None]], dim=1)
+            if eos:
+                done = done | torch.isin(token, torch.tensor(sorted(eos), device=token.device))
+                if bool(done.all()):
+                    break
+            if step + 1 < max_new_tokens:
+                logits = self(token[:, None], cache=cache).logits[:, -1]
+        return out
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *model_args,
+        config: EmCoTConfig | None = None,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: torch.device | str | None = None,
+        low_cpu_mem_usage: bool = True,
+        **kwargs,
+    ) -> EmCoTModel:
+        """Load a saved emcot model or policy folder through emcot's safe loader.
+
+        Unlike the inherited Hugging Face loader this reads safetensors only (never pickle),
+        refuses missing, unexpected or misshapen tensors instead of initialising them at random,
+        and reproduces the saved model's outputs on every path. ``transformers.AutoModel`` lands
+        here too. ``torch_dtype``/``dtype`` cast the weights; ``device_map`` is one device.
+        """
+        from emcot.model.loading import load_model
+
+        if model_args:
+            raise ValueError("EmCoTModel.from_pretrained takes no positional model arguments")
+        # Hub options are meaningless for a local folder; anything else is a mistake to report.
+        # (AutoModel passes trust_remote_code and adapter_kwargs through; they do not apply either.)
+        ignored = {"cache_dir", "force_download", "local_files_only", "proxies", "revision", "token"}
+        ignored |= {"trust_remote_code", "_from_auto", "_from_pipeline"}
+        adapter = kwargs.pop("adapter_kwargs", None) or {}
+        if "_adapter_model_path" in adapter:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a PEFT adapter; load its base policy and merge the "
+                "adapter with emcot's fine-tuning tools instead"
+            )
+        unknown = sorted(set(kwargs) - ignored)
+        if unknown:
+            raise ValueError(
+                f"EmCoTModel.from_pretrained does not support {unknown}; it takes config, subfolder, "
+                "torch_dtype/dtype, device_map (one device) and low_cpu_mem_usage"
+            )
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"torch_dtype={torch_dtype} and dtype={dtype} disagree; pass one of them")
+        if isinstance(device_map, dict) or device_map == "auto":
+            raise ValueError(
+                "device_map must name one device (e.g. 'cpu' or 'cuda:0'); emcot does not split models"
+            )
+        folder = Path(pretrained_model_name_or_path)
+        folder = folder / subfolder if subfolder else folder
+        if not folder.is_dir():
+            raise ValueError(
+                f"{folder} is not a local folder; emcot loads saved folders only "
+                "(download a hub repository first, e.g. with huggingface_hub.snapshot_download)"
+            )
+        return load_model(
+            folder,
+            torch_dtype=torch_dtype if torch_dtype is not None else dtype,
+            device=device_map,
+            low_memory=low_cpu_mem_usage,
+            config=config,
+        )
+
+    @classmethod
+    def from_components(
+        cls,
+        llm: str | Path,
+        vision: str | Path | None = None,
+        vae: str | Path | None = None,
+        preset: str = "halo-4.5b",
+        qk_norm: bool | None = None,
+        expert_overrides: dict[str, dict] | None = None,
+        vision_overrides: dict | None = None,
+        **overrides,
+    ) -> EmCoTModel:
+        """Build a model from public component checkpoints (HALO's initialisation).
+
+        ``llm``: a Hugging Face Qwen2/Qwen2.5/Qwen3 causal-LM folder, loaded into the
+        understanding expert and copied into the other two. ``vision``: a SigLIP/SigLIP2 vision
+        folder; ``vae``: a diffusers ``AutoencoderKL`` folder. Parts not given are initialised
+        fresh with the sizes of ``preset``. ``expert_overrides`` changes per-expert settings (e.g.
+        ``{"act": {"intermediate_size": 2048}}`` for a narrower action MLP, filled by slicing);
+        ``vision_overrides`` changes the inferred encoder settings (HALO uses
+        ``{"drop_last_layer": True, "max_grid": 70}``); other keyword arguments override
+        :class:`EmCoTConfig` fields.
+        """
+        from emcot.interop.components import build_from_components
+
+        return build_from_components(
+            cls, llm, vision, vae, preset, qk_norm, expert_overrides, vision_overrides or {}, overrides
+        )
+
+
+def _register() -> None:
+    from transformers import AutoModel
+
+    AutoModel.register(EmCoTConfig, EmCoTModel, exist_ok=True)
+
+
+_register()

@@ -1,0 +1,213 @@
+"""`EmCoTPolicy`: a model with its codecs, normalisation statistics and generation defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emcot.inference.frames import FramePredictor, Frames
+from emcot.inference.generation import GenerationOptions, TraceGenerator
+from emcot.io_utils import dataclass_from_dict, read_json
+from emcot.model.modeling import EmCoTModel
+from emcot.policy.folder import check_save_target, replace_folder
+from emcot.policy.processor import EmCoTProcessor
+from emcot.policy.trace import Trace, TraceEvent
+from emcot.types import EmCoTSample, Observation
+
+GENERATION_FILE = "generation_config.json"
+DEFAULT_POLICY = Path(__file__).parents[1] / "assets" / "default_policy"
+
+
+class EmCoTPolicy:
+    """Reason → imagine a subgoal → act, from camera images, a robot state and an instruction.
+
+    >>> policy = EmCoTPolicy.default()
+    >>> trace = policy.generate_trace(policy.example_observation(), "push the red block to the left", seed=0)
+    >>> trace.actions.shape
+    (8, 4)
+    """
+
+    def __init__(
+        self, model: EmCoTModel, processor: EmCoTProcessor, generation: GenerationOptions | None = None
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.generation = generation or GenerationOptions()
+        self._generator = TraceGenerator(model, processor)
+        self._frames = FramePredictor(self._generator)
+
+    @property
+    def config(self):
+        """The model's :class:`EmCoTConfig`."""
+        return self.model.config
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera names the policy reads, in order."""
+        return self.processor.cameras
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EmCoTPolicy:
+        """Move the model (in place) and return the policy."""
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def generate_trace(
+        self,
+        observation: Observation,
+        instruction: str,
+        mode: str | None = None,
+        seed: int | None = None,
+        **options,
+    ) -> Trace:
+        """One control step: reasoning text, subgoal image (``mode="full"``) and an action chunk.
+
+        ``mode``: ``"full"``, ``"reason"`` (no subgoal) or ``"reactive"`` (actions only). Other
+        keyword options override the saved :class:`GenerationOptions` (e.g. ``subgoal_steps``,
+        ``text_guidance``, ``action_text_guidance``, ``max_reasoning_tokens``, ``robot``). The same
+        ``seed`` gives the same trace.
+        """
+        for event in self.stream_trace(observation, instruction, mode=mode, seed=seed, **options):
+            if event.kind == "done":
+                return event.trace
+        raise RuntimeError("trace generation ended without a result")
+
+    def stream_trace(
+        self,
+        observation: Observation,
+        instruction: str,
+        mode: str | None = None,
+        seed: int | None = None,
+        **options,
+    ) -> Iterator[TraceEvent]:
+        """Like :meth:`generate_trace`, yielding ``reasoning`` text pieces, the ``subgoal``, the
+        ``actions`` and finally ``done`` with the whole :class:`Trace`."""
+        if mode is not None:
+            options["mode"] = mode
+        opts = self.generation.replace(**options)
+        return self._generator.stream(observation, instruction, opts, seed)
+
+    def predict_frame(
+        self,
+        frames: Frames,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        text_guidance: float | None = None,
+        image_guidance: float | None = None,
+        vae_context: bool = True,
+    ) -> Image.Image:
+        """Imagine the next frame from context frames and a prompt, without a trace.
+
+        ``frames``: a uint8 (H, W, 3) array, a list of them (oldest first) or a dict like
+        ``Observation.images``. ``prompt`` is what a ``generation`` training sample carries as its
+        instruction (e.g. ``"Imagine the next scene: push the red block to the left."``). ``steps``
+        and the guidance scales override ``config.subgoal_sampler``; ``vae_context=False`` drops the
+        frames' clean latent copies, as samples with ``metadata["vae_context"] = False`` are trained.
+        The same ``seed`` gives the same image.
+        """
+        return self._frames.predict(
+            frames,
+            prompt,
+            seed=seed,
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+            vae_context=vae_context,
+        )
+
+    def example_observation(self, seed: int = 0) -> Observation:
+        """A valid observation for this policy: every camera at a typical size, a state of the right size."""
+        rng = np.random.default_rng(seed)
+        side = min(self.config.vision.max_side_px, 64)
+        images = {name: rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for name in self.cameras}
+        state_dim = self.config.action.state_dim
+        state = None
+        if state_dim:
+            stats = self.processor.norm_stats.for_robot(self.processor.settings.robot)["state"]
+            state = stats.mean.astype(np.float32) if stats is not None else np.zeros(state_dim, np.float32)
+        return Observation(images=images, state=state)
+
+    def collator(self):
+        """A :class:`emcot.training.collate.SampleCollator` packing :class:`EmCoTSample` s for training."""
+        from emcot.training.collate import SampleCollator
+
+        return SampleCollator(self.processor)
+
+    def compute_losses(self, samples: Sequence[EmCoTSample], generator: torch.Generator | None = None):
+        """Teacher-forced losses of a packed batch of samples (see :func:`emcot.model.forward.compute_losses`)."""
+        from emcot.model.forward import compute_losses
+
+        return compute_losses(self.model, self.collator()(samples), generator)
+
+    def save_pretrained(self, folder: str | os.PathLike, max_shard_size: str | int = "2GB") -> Path:
+        """Write the whole policy into one folder, atomically.
+
+        The policy is written into a temporary sibling folder first. An existing *policy* folder
+        at ``folder`` is then swapped out (moved aside, the new one renamed in, the old one
+        deleted), so a crash leaves either the old or the new policy. Anything else at ``folder``
+        — a file, a non-empty folder that is not an emcot policy, the working directory or one
+        of its parents — is refused with a ValueError and left untouched.
+        """
+        folder = check_save_target(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            self.model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            self.processor.save_pretrained(tmp)
+            data = dataclasses.asdict(self.generation)
+            (tmp / GENERATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            replace_folder(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        robot: str | None = None,
+    ) -> EmCoTPolicy:
+        """Load a policy folder written by :meth:`save_pretrained`.
+
+        ``torch_dtype`` casts the weights; ``robot`` picks which normalisation statistics to use
+        (a clear error lists the available robots).
+        """
+        from emcot.model.loading import load_model
+
+        folder = Path(folder) / subfolder if subfolder else Path(folder)
+        model = load_model(folder, torch_dtype=torch_dtype, device=device)
+        processor = EmCoTProcessor.from_pretrained(folder, model.config)
+        if robot is not None:
+            processor.norm_stats.for_robot(robot)
+            processor.settings.robot = robot
+        generation = GenerationOptions()
+        if (folder / GENERATION_FILE).is_file():
+            generation = dataclass_from_dict(
+                GenerationOptions,
+                read_json(folder / GENERATION_FILE, "generation defaults"),
+                where=f" in {folder / GENERATION_FILE}",
+            )
+        return cls(model, processor, generation)
+
+    @classmethod
+    def default(cls) -> EmCoTPolicy:
+        """The bundled tiny policy (trained on the package's synthetic pushing task)."""
+        if not (DEFAULT_POLICY / "config.json").is_file():
+            raise ValueError(
+                f"the bundled default policy is missing from {DEFAULT_POLICY}; "
+                "recreate it with `python scripts/make_default_policy.py`"
+            )
+        return cls.from_pretrained(DEFAULT_POLICY)

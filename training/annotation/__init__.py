@@ -1,0 +1,1 @@
+"""EM-CoT annotation: motion primitives, annotators, VLM backends and prompts, the dataset pipeline."""

@@ -1,0 +1,288 @@
+"""Samples of every kind (trace, action-only, VQA, visual generation) → packed `SampleBatch`: one
+sequence holding several samples, with everything the forward needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from emcot.io_utils import UNIT_INTERVAL, check_fields
+from emcot.model.inputs import SampleBatch
+from emcot.policy.processor import EmCoTProcessor
+from emcot.sequence.layouts import SampleLayout, check_kind, generation_layout, trace_layout, vqa_layout
+from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
+from emcot.tokenizers.vae import resize_rgb, to_unit_range
+from emcot.types import EmCoTSample
+
+
+def sample_mode(sample: EmCoTSample) -> str:
+    """``full`` with reasoning and subgoal, ``reason`` with reasoning only, else ``reactive``."""
+    if sample.reasoning is None:
+        return "reactive"
+    return "full" if sample.subgoal is not None else "reason"
+
+
+@dataclass(frozen=True)
+class ConditionDropout:
+    """Probabilities of dropping a sample's conditions, so guidance works at inference.
+
+    Generation samples: ``text`` hides the prompt from the noisy target (as the no-text guidance
+    branch does), ``vit`` removes the context frames' ViT segments and ``vae`` their clean latent
+    copies (as the no-image branch does). Action-only samples (when ``action_samples``): ``text``
+    hides the prompt and marker from the action chunk, so it sees the observation alone, and ``vit``
+    removes the cameras, so it sees state and instruction alone — the two contexts of action
+    guidance. Like HALO, which drops conditions in its action-only data but never in EM-CoT traces,
+    samples with reasoning and VQA samples are never dropped: their text is what they learn.
+    """
+
+    text: float = 0.0
+    vit: float = 0.0
+    vae: float = 0.0
+    action_samples: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data.dropout", text=UNIT_INTERVAL, vit=UNIT_INTERVAL, vae=UNIT_INTERVAL)
+
+    def draw(self, rng: np.random.Generator | None) -> tuple[bool, bool, bool]:
+        """Whether to drop (text, vit, vae) for one sample; nothing without a generator."""
+        if rng is None:
+            return False, False, False
+        return rng.random() < self.text, rng.random() < self.vit, rng.random() < self.vae
+
+
+def sample_kind(sample: EmCoTSample) -> str:
+    """``metadata["kind"]``: ``trace`` (default; action-only when it has no reasoning), ``vqa`` or ``generation``."""
+    return check_kind(sample.metadata.get("kind", "trace"))
+
+
+def vqa_turns(sample: EmCoTSample) -> list[tuple[str, str]]:
+    """``metadata["turns"]`` as (question, answer) pairs, else the single pair (instruction, reasoning)."""
+    turns = sample.metadata.get("turns")
+    if turns is None:
+        if sample.reasoning is None:
+            raise ValueError("a VQA sample needs an answer: set reasoning or metadata['turns']")
+        return [(sample.instruction, sample.reasoning)]
+    return [(str(q), str(a)) for q, a in turns]
+
+
+@dataclass
+class _Encoded:
+    """One sample's layout and its inputs in plan order (``latent_refs``: per latent segment, an index into ``latents``)."""
+
+    layout: SampleLayout
+    vit: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)
+    state: torch.Tensor | None = None
+    latents: list[torch.Tensor] = field(default_factory=list)
+    latent_refs: list[int] = field(default_factory=list)
+    action: torch.Tensor | None = None
+    pad: torch.Tensor | None = None
+    drop: list[bool] = field(default_factory=list)
+
+
+class SampleCollator:
+    """Turns :class:`EmCoTSample` lists of any kind into packed :class:`SampleBatch` es with the shared planner."""
+
+    def __init__(self, processor: EmCoTProcessor, dropout: ConditionDropout | None = None) -> None:
+        self.processor = processor
+        self.dropout = dropout or ConditionDropout()
+        config = processor.config
+        if config.vae is None:
+            self.latent_grid = (0, 0)
+        else:
+            ds, p = config.vae.downsample, config.vae.patch_size
+            h, w = config.vae.image_size
+            self.latent_grid = (h // ds // p, w // ds // p)
+
+    @property
+    def latent_tokens(self) -> int:
+        """Tokens of one VAE image."""
+        return self.latent_grid[0] * self.latent_grid[1]
+
+    def layout_for(
+        self, sample: EmCoTSample, mode: str, vit_lengths: list[int], subgoal_vit: int
+    ) -> SampleLayout:
+        """The sample's segments (the same function generation follows)."""
+        proc = self.processor
+        reasoning = proc.tokenizer.encode(sample.reasoning) if sample.reasoning is not None else None
+        return trace_layout(
+            mode=mode,
+            vit_lengths=vit_lengths,
+            has_state=proc.config.action.state_dim > 0,
+            framed_instruction=proc.frame_instruction(sample.instruction),
+            special=proc.special,
+            reasoning=reasoning,
+            subgoal_tokens=self.latent_tokens,
+            subgoal_vit_tokens=subgoal_vit,
+            horizon=proc.config.action.horizon,
+        )
+
+    def num_tokens(self, sample: EmCoTSample) -> int:
+        """Sequence length of ``sample`` before condition dropout (the packer's unit); encodes no image."""
+        return sum(s.length for s in self._encode(sample, None, encode=False).layout.segments)
+
+    def __call__(
+        self,
+        samples: Sequence[EmCoTSample],
+        rng: np.random.Generator | None = None,
+        pad_to: int | None = None,
+    ) -> SampleBatch:
+        """Pack ``samples``; ``rng`` draws condition dropout (a fresh generator when None).
+
+        ``pad_to`` appends loss-free padding tokens to every sample up to that length, the layout of
+        a classic padded batch (for comparisons; packing needs no padding).
+        """
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        rng = rng if rng is not None else np.random.default_rng()
+        encoded = [self._encode(sample, rng) for sample in samples]
+        if pad_to is not None:
+            for e in encoded:
+                missing = pad_to - sum(s.length for s in e.layout.segments)
+                if missing < 0:
+                    raise ValueError(f"a sample is longer than pad_to={pad_to}; pad to the longest sample")
+                if missing:
+                    e.layout.segments.append(Segment(Modality.TEXT, AttnMode.CAUSAL, missing, False, "pad"))
+                    e.layout.text_ids.append([self.processor.special.eos] * missing)
+                    e.drop.append(False)
+        return self._pack(encoded)
+
+    def _grid(self, image: np.ndarray) -> tuple[int, int]:
+        h, w = self.processor.vision.target_size(*np.asarray(image).shape[:2])
+        p = self.processor.config.vision.patch_size
+        return h // p, w // p
+
+    def _vit(self, image: np.ndarray, encode: bool) -> tuple[torch.Tensor | None, tuple[int, int]]:
+        return self.processor.vision(image) if encode else (None, self._grid(image))
+
+    def _encode(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool = True) -> _Encoded:
+        kind = sample_kind(sample)
+        if kind == "vqa":
+            return self._encode_vqa(sample, encode)
+        if kind == "generation":
+            return self._encode_generation(sample, rng, encode)
+        return self._encode_trace(sample, rng if self.dropout.action_samples else None, encode)
+
+    def _vae_image(self, image: np.ndarray) -> np.ndarray:
+        if self.processor.config.vae is None:
+            raise ValueError("this sample needs a VAE image but the model has no VAE (config.vae is None)")
+        return resize_rgb(np.asarray(image), self.processor.config.vae.image_size)
+
+    def _encode_trace(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool) -> _Encoded:
+        proc, config = self.processor, self.processor.config
+        mode = sample_mode(sample)
+        proc.validate_observation(sample.observation)
+        if sample.actions is None:
+            raise ValueError(
+                "trace samples need an action chunk; mark VQA samples with metadata['kind'] = 'vqa'"
+            )
+        drop_text, drop_vit, _ = self.dropout.draw(rng if mode == "reactive" else None)
+        cameras = [] if drop_vit else proc.cameras
+        vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
+        latents: list[torch.Tensor] = []
+        subgoal_vit = None
+        if mode == "full":
+            subgoal = self._vae_image(sample.subgoal)
+            latents.append(to_unit_range(subgoal) if encode else torch.zeros(0))
+            if config.subgoal_vit_copy:
+                subgoal_vit = self._vit(subgoal, encode)
+        layout = self.layout_for(
+            sample,
+            mode,
+            [h * w for _, (h, w) in vit],
+            subgoal_vit[1][0] * subgoal_vit[1][1] if subgoal_vit else 0,
+        )
+        out = _Encoded(layout, vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
+        out.latent_refs = [0, 0] if mode == "full" else []
+        out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
+        if encode:
+            out.state = proc.encode_state(sample.observation, sample.robot)
+            out.action = proc.encode_actions(sample.actions, sample.robot)
+            pad = sample.metadata.get("is_pad")
+            out.pad = (
+                torch.as_tensor(pad, dtype=torch.bool)
+                if pad is not None
+                else torch.zeros(len(sample.actions), dtype=torch.bool)
+            )
+        return out
+
+    def _encode_vqa(self, sample: EmCoTSample, encode: bool) -> _Encoded:
+        tok = self.processor.tokenizer
+        vit = [self._vit(image, encode) for image in sample.observation.images.values()]
+        turns = [(tok.frame_question(q), tok.encode(a)) for q, a in vqa_turns(sample)]
+        layout = vqa_layout(
+            vit_lengths=[h * w for _, (h, w) in vit], turns=turns, special=self.processor.special
+        )
+        return _Encoded(layout, vit, drop=[False] * len(layout.segments))
+
+    def _encode_generation(
+        self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool
+    ) -> _Encoded:
+        if sample.subgoal is None:
+            raise ValueError("a generation sample needs the frame to predict in `subgoal`")
+        frames = list(sample.observation.images.values())
+        drop_text, drop_vit, drop_vae = self.dropout.draw(rng)
+        vit = [] if drop_vit else [self._vit(frame, encode) for frame in frames]
+        use_vae = sample.metadata.get("vae_context", True) and not drop_vae
+        context = [self._vae_image(frame) for frame in frames] if use_vae else []
+        target = self._vae_image(sample.subgoal)
+        proc = self.processor
+        prompt = proc.check_prompt_length(
+            proc.tokenizer.frame_question(proc.check_instruction(sample.instruction))
+        )
+        layout = generation_layout(
+            vit_lengths=[h * w for _, (h, w) in vit],
+            context_latents=len(context),
+            latent_tokens=self.latent_tokens,
+            framed_prompt=prompt,
+            special=self.processor.special,
+        )
+        images = context + [target]
+        out = _Encoded(
+            layout, vit, latents=[to_unit_range(im) if encode else torch.zeros(0) for im in images]
+        )
+        out.latent_refs = list(range(len(images)))
+        out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
+        return out
+
+    def _pack(self, encoded: list[_Encoded]) -> SampleBatch:
+        config = self.processor.config
+        plan = SequencePlan.pack([SequencePlan(e.layout.segments) for e in encoded])
+        flat_ids, loss_pos, loss_tgt, drop = [], [], [], []
+        offset = 0
+        all_ids = (ids for e in encoded for ids in e.layout.text_ids)
+        all_drop = (d for e in encoded for d in e.drop)
+        for segment, ids, dropped in zip(plan.segments, all_ids, all_drop):
+            if segment.modality is Modality.TEXT:
+                flat_ids += ids
+                if segment.loss:
+                    loss_pos += range(offset - 1, offset + segment.length - 1)
+                    loss_tgt += ids
+            drop += [dropped] * segment.length
+            offset += segment.length
+        latent_images, latent_index = [], []
+        for e in encoded:
+            latent_index += [len(latent_images) + r for r in e.latent_refs]
+            latent_images += e.latents
+        vit = [v for e in encoded for v in e.vit]
+        states = [e.state for e in encoded if e.state is not None]
+        actions = [e.action for e in encoded if e.action is not None]
+        pads = [e.pad for e in encoded if e.action is not None]
+        act = config.action
+        image_hw = config.vae.image_size if config.vae is not None else (1, 1)
+        return SampleBatch(
+            plan=plan,
+            text_ids=torch.tensor(flat_ids, dtype=torch.long),
+            vit_patches=torch.cat([p for p, _ in vit]) if vit else torch.zeros(0, config.vision.patch_dim),
+            vit_grids=[g for _, g in vit],
+            states=torch.stack(states) if states else torch.zeros(0, act.state_dim),
+            latent_images=torch.stack(latent_images) if latent_images else torch.zeros(0, 3, *image_hw),
+            latent_image_index=latent_index,
+            actions=torch.stack(actions) if actions else torch.zeros(0, act.horizon, act.action_dim),
+            action_pad=torch.stack(pads) if pads else torch.zeros(0, act.horizon, dtype=torch.bool),
+            text_loss_positions=torch.tensor(loss_pos, dtype=torch.long),
+            text_loss_targets=torch.tensor(loss_tgt, dtype=torch.long),
+            key_drop=torch.tensor(drop, dtype=torch.bool) if any(drop) else None,
+        )

@@ -1,0 +1,325 @@
+"""Write episodes as a LeRobot dataset (v2.1 or v3.0 layout) with pyarrow and PyAV.
+
+Useful to export recordings or converted data for LeRobot tools, and used by the tests to build
+real datasets on disk. Cameras are stored as mp4 (``camera_storage="video"``) or as PNG bytes
+inside the parquet rows (``"image"``, lossless).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from emcot.training.data.lerobot_meta import IMAGE_PREFIX, aggregate_stats, require_pyarrow
+from emcot.training.data.video import available_codec, encode_video
+
+_V2_DATA = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+_V2_VIDEO = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+_V3_DATA = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+_V3_VIDEO = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+
+
+@dataclass
+class EpisodeData:
+    """One episode to write: the task text, per-frame vectors and camera frames (T, H, W, 3) uint8."""
+
+    instruction: str
+    states: np.ndarray
+    actions: np.ndarray
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        length = len(self.states)
+        if length == 0 or len(self.actions) != length:
+            raise ValueError(
+                f"states and actions must have the same non-zero length, got {length} and {len(self.actions)}."
+            )
+        for name, frames in self.images.items():
+            if (
+                frames.dtype != np.uint8
+                or frames.ndim != 4
+                or frames.shape[0] != length
+                or frames.shape[3] != 3
+            ):
+                raise ValueError(
+                    f"Camera {name!r} frames must be uint8 ({length}, H, W, 3), got {frames.shape} {frames.dtype}."
+                )
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """Layout choices: format version, camera storage, codec, episodes per v3 data file."""
+
+    version: str = "v3.0"
+    camera_storage: str = "video"
+    codec: str | None = None
+    video_quality: int = 18
+    episodes_per_file: int = 1000
+    chunks_size: int = 1000
+    robot_type: str | None = None
+
+    def __post_init__(self):
+        if self.version not in ("v2.1", "v3.0"):
+            raise ValueError(f"version must be 'v2.1' or 'v3.0', got {self.version!r}.")
+        if self.camera_storage not in ("video", "image"):
+            raise ValueError(f"camera_storage must be 'video' or 'image', got {self.camera_storage!r}.")
+        if self.episodes_per_file < 1 or self.chunks_size < 1:
+            raise ValueError("episodes_per_file and chunks_size must be at least 1.")
+
+
+def _numeric_stats(values: np.ndarray) -> dict[str, list]:
+    values = values.reshape(len(values), -1).astype(np.float64)
+    return {
+        "min": values.min(0).tolist(),
+        "max": values.max(0).tolist(),
+        "mean": values.mean(0).tolist(),
+        "std": values.std(0).tolist(),
+        "count": [len(values)],
+    }
+
+
+def _image_stats(frames: np.ndarray) -> dict[str, list]:
+    # LeRobot keeps image statistics per channel in [0, 1] with shape (3, 1, 1).
+    pixels = frames.reshape(-1, 3).astype(np.float64) / 255.0
+    return {
+        name: [[[v]] for v in fn(pixels, axis=0)]
+        for name, fn in (("min", np.min), ("max", np.max), ("mean", np.mean), ("std", np.std))
+    } | {"count": [len(frames)]}
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_lerobot_dataset(
+    root: str | Path, episodes: list[EpisodeData], fps: int, config: WriterConfig | None = None
+) -> Path:
+    """Write ``episodes`` under ``root`` (created; must not already hold a dataset) and return it."""
+    config = config or WriterConfig()
+    pa = require_pyarrow()
+    root = Path(root)
+    if (root / "meta" / "info.json").exists():
+        raise ValueError(f"{root} already holds a LeRobot dataset; choose an empty folder.")
+    if not episodes:
+        raise ValueError("write_lerobot_dataset needs at least one episode.")
+    cameras = sorted(episodes[0].images)
+    state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
+    for i, ep in enumerate(episodes):
+        if (
+            sorted(ep.images) != cameras
+            or ep.states.shape[1] != state_dim
+            or ep.actions.shape[1] != action_dim
+        ):
+            raise ValueError(f"Episode {i} differs from episode 0 in cameras or state/action dimensions.")
+    codec = (config.codec or available_codec()) if (cameras and config.camera_storage == "video") else None
+    task_texts = list(dict.fromkeys(ep.instruction for ep in episodes))
+    task_index = {t: i for i, t in enumerate(task_texts)}
+    v3 = config.version == "v3.0"
+
+    # Frames are grouped into files: one episode per file in v2.1, episodes_per_file in v3.
+    group_size = config.episodes_per_file if v3 else 1
+    groups = [list(range(s, min(s + group_size, len(episodes)))) for s in range(0, len(episodes), group_size)]
+    episode_rows, global_index = [], 0
+    for file_number, group in enumerate(groups):
+        columns: dict[str, list] = {
+            k: []
+            for k in (
+                "observation.state",
+                "action",
+                "timestamp",
+                "frame_index",
+                "episode_index",
+                "index",
+                "task_index",
+            )
+        }
+        columns |= {IMAGE_PREFIX + c: [] for c in cameras} if config.camera_storage == "image" else {}
+        video_frames = {c: [] for c in cameras}
+        chunk, file_index = divmod(file_number, config.chunks_size)
+        for ep_index in group:
+            ep = episodes[ep_index]
+            length = len(ep.states)
+            from_index, offset = global_index, sum(len(v) for v in video_frames[cameras[0]]) if cameras else 0
+            for t in range(length):
+                columns["observation.state"].append(ep.states[t].astype(np.float32).tolist())
+                columns["action"].append(ep.actions[t].astype(np.float32).tolist())
+                columns["timestamp"].append(t / fps)
+                columns["frame_index"].append(t)
+                columns["episode_index"].append(ep_index)
+                columns["index"].append(global_index)
+                columns["task_index"].append(task_index[ep.instruction])
+                for c in cameras:
+                    if config.camera_storage == "image":
+                        columns[IMAGE_PREFIX + c].append({"bytes": _png_bytes(ep.images[c][t]), "path": None})
+                global_index += 1
+            for c in cameras:
+                video_frames[c].append(ep.images[c])
+            stats = {"observation.state": _numeric_stats(ep.states), "action": _numeric_stats(ep.actions)}
+            stats |= {IMAGE_PREFIX + c: _image_stats(ep.images[c]) for c in cameras}
+            row = {"episode_index": ep_index, "tasks": [ep.instruction], "length": length, "stats": stats}
+            if v3:
+                row |= {"data/chunk_index": chunk, "data/file_index": file_index}
+                row |= {"dataset_from_index": from_index, "dataset_to_index": global_index}
+                for c in cameras if config.camera_storage == "video" else []:
+                    key = IMAGE_PREFIX + c
+                    row |= {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file_index}
+                    row |= {
+                        f"videos/{key}/from_timestamp": offset / fps,
+                        f"videos/{key}/to_timestamp": (offset + length) / fps,
+                    }
+            episode_rows.append(row)
+        schema = [
+            ("observation.state", pa.list_(pa.float32(), state_dim)),
+            ("action", pa.list_(pa.float32(), action_dim)),
+            ("timestamp", pa.float32()),
+            ("frame_index", pa.int64()),
+            ("episode_index", pa.int64()),
+            ("index", pa.int64()),
+            ("task_index", pa.int64()),
+        ]
+        if config.camera_storage == "image":
+            image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+            schema += [(IMAGE_PREFIX + c, image_type) for c in cameras]
+        table = pa.table({name: pa.array(columns[name], type=kind) for name, kind in schema})
+        fields = {
+            "chunk_index": chunk,
+            "file_index": file_index,
+            "episode_chunk": group[0] // config.chunks_size,
+            "episode_index": group[0],
+        }
+        data_path = root / (_V3_DATA if v3 else _V2_DATA).format(**fields)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        pa.parquet.write_table(table, data_path)
+        for c in cameras if config.camera_storage == "video" else []:
+            video_path = root / (_V3_VIDEO if v3 else _V2_VIDEO).format(video_key=IMAGE_PREFIX + c, **fields)
+            encode_video(
+                video_path, np.concatenate(video_frames[c]), fps, codec=codec, quality=config.video_quality
+            )
+
+    _write_meta(
+        root, episodes, episode_rows, task_texts, cameras, fps, codec, config, (state_dim, action_dim)
+    )
+    return root
+
+
+def _write_meta(root, episodes, episode_rows, task_texts, cameras, fps, codec, config, dims) -> None:
+    pa = require_pyarrow()
+    meta = root / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    v3 = config.version == "v3.0"
+    height, width = episodes[0].images[cameras[0]].shape[1:3] if cameras else (0, 0)
+    features = {
+        "observation.state": {
+            "dtype": "float32",
+            "shape": [dims[0]],
+            "names": [f"state_{i}" for i in range(dims[0])],
+        },
+        "action": {"dtype": "float32", "shape": [dims[1]], "names": [f"action_{i}" for i in range(dims[1])]},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+        "index": {"dtype": "int64", "shape": [1], "names": None},
+        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    }
+    for c in cameras:
+        spec = {
+            "dtype": config.camera_storage,
+            "shape": [height, width, 3],
+            "names": ["height", "width", "channels"],
+        }
+        if config.camera_storage == "video":
+            spec["info"] = {
+                "video.fps": fps,
+                "video.codec": codec,
+                "video.pix_fmt": "yuv420p",
+                "video.height": height,
+                "video.width": width,
+                "video.channels": 3,
+                "has_audio": False,
+            }
+        features[IMAGE_PREFIX + c] = spec
+    total = sum(len(ep.states) for ep in episodes)
+    info = {
+        "codebase_version": config.version,
+        "robot_type": config.robot_type,
+        "total_episodes": len(episodes),
+        "total_frames": total,
+        "total_tasks": len(task_texts),
+        "chunks_size": config.chunks_size,
+        "fps": fps,
+        "splits": {"train": f"0:{len(episodes)}"},
+        "data_path": _V3_DATA if v3 else _V2_DATA,
+        "video_path": (_V3_VIDEO if v3 else _V2_VIDEO)
+        if config.camera_storage == "video" and cameras
+        else None,
+        "features": features,
+    }
+    if not v3:
+        info |= {
+            "total_chunks": (len(episodes) - 1) // config.chunks_size + 1,
+            "total_videos": len(episodes) * len(cameras),
+        }
+    (meta / "info.json").write_text(json.dumps(info, indent=2))
+    if not v3:
+        lines = [
+            {"episode_index": r["episode_index"], "tasks": r["tasks"], "length": r["length"]}
+            for r in episode_rows
+        ]
+        (meta / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        (meta / "tasks.jsonl").write_text(
+            "".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(task_texts))
+        )
+        stats_lines = [
+            json.dumps({"episode_index": r["episode_index"], "stats": r["stats"]}) + "\n"
+            for r in episode_rows
+        ]
+        (meta / "episodes_stats.jsonl").write_text("".join(stats_lines))
+        return
+    # v3: the tasks table is a pandas frame indexed by the task text, as LeRobot writes it.
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+    }
+    tasks = pa.table(
+        {"task_index": pa.array(range(len(task_texts)), pa.int64()), "__index_level_0__": task_texts}
+    )
+    pa.parquet.write_table(
+        tasks.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), meta / "tasks.parquet"
+    )
+    rows = []
+    for r in episode_rows:
+        flat = {k: v for k, v in r.items() if k != "stats"}
+        flat |= {"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+        flat |= {
+            f"stats/{feature}/{name}": value for feature, s in r["stats"].items() for name, value in s.items()
+        }
+        rows.append(flat)
+    path = meta / "episodes" / "chunk-000" / "file-000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pa.parquet.write_table(pa.Table.from_pylist(rows), path)
+    merged = aggregate_stats([r["stats"] for r in episode_rows])
+    merged = {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in merged.items()}
+    (meta / "stats.json").write_text(json.dumps(merged, indent=2))
