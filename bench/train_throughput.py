@@ -16,7 +16,6 @@ import time
 import numpy as np
 import torch
 
-from emcot.model.forward import compute_losses
 from emcot.synthetic.world import (
     build_synthetic_policy,
     synthetic_action_samples,
@@ -54,7 +53,7 @@ def run(policy, modes: dict[str, list], steps: int) -> dict[str, tuple[float, fl
         for name, batches in modes.items():
             batch, n_useful = batches[step % len(batches)]
             start = time.perf_counter()
-            out = compute_losses(model, batch, gen)
+            out = model.compute_loss(batch, gen)
             opt.zero_grad()
             out.loss.backward()
             opt.step()

@@ -15,7 +15,7 @@ _LAZY = {
     "EmCoTConfig": "emcot.config",
     "EmCoTModel": "emcot.model.modeling",
     "EmCoTPolicy": "emcot.policy.policy",
-    "Trace": "emcot.policy.trace",
+    "Trace": "emcot.inference.trace",
     "Observation": "emcot.types",
     "EmCoTSample": "emcot.types",
 }

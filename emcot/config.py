@@ -59,6 +59,11 @@ class LossConfig:
                     f"loss.{name} must be one of {TIME_DISTRIBUTIONS}, got '{getattr(self, name)}'"
                 )
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weight of each loss term, by the term's name (``text``, ``subgoal``, ``action``)."""
+        return {"text": self.text_weight, "subgoal": self.subgoal_weight, "action": self.action_weight}
+
     def to_dict(self) -> dict:
         """JSON-safe dictionary."""
         return asdict(self)
@@ -173,6 +178,19 @@ class EmCoTConfig(PretrainedConfig):
     def num_hidden_layers(self) -> int:
         """Depth of the backbone."""
         return self.experts["und"].num_layers
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        """Token grid (rows, columns) of one subgoal image; (0, 0) without a VAE."""
+        if self.vae is None:
+            return (0, 0)
+        stride = self.vae.downsample * self.vae.patch_size
+        return (self.vae.image_size[0] // stride, self.vae.image_size[1] // stride)
+
+    @property
+    def latent_token_dim(self) -> int:
+        """Width of one subgoal latent token (patchified VAE channels); 0 without a VAE."""
+        return 0 if self.vae is None else self.vae.latent_channels * self.vae.patch_size**2
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise, turning typed sub-configs into plain dictionaries."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emcot.model.forward import compute_losses
+from emcot.training.collate import SampleCollator
 from emcot.types import EmCoTSample
 
 
@@ -64,7 +64,7 @@ def fit_policy(
 ) -> list[float]:
     """AdamW with cosine decay on packed batches of ``samples``; returns the loss per step."""
     model = policy.model
-    collate = policy.collator()
+    collate = SampleCollator(policy.processor)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -81,7 +81,7 @@ def fit_policy(
     losses = []
     for step in tqdm(range(steps), disable=not progress, desc="fit"):
         batch = batches[step % len(batches)]
-        out = compute_losses(model, batch, gen)
+        out = model.compute_loss(batch, gen)
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

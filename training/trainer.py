@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from emcot.model.forward import compute_losses, loss_counts
 from emcot.policy.policy import EmCoTPolicy
 from emcot.training.checkpoints import (
     INITIAL_DIR,
@@ -72,7 +71,7 @@ class LossModule(nn.Module):
         model.backbone.route_idle_experts = touch_all
 
     def forward(self, batch, generator, weights: dict[str, float], counts: dict[str, float], scale: float):
-        out = compute_losses(self.model, batch, generator)
+        out = self.model.compute_loss(batch, generator)
         loss = sum(weights[k] * out.sums[k] / counts[k] for k in out.sums) * scale
         if self.touch_all and self.training:
             # Looked up per call: FSDP registers gathered tensors in place of the shards here.
@@ -180,11 +179,7 @@ class Trainer:
             self.module, self.optimizer = acc.prepare(module, optimizer)
         self.ema = EMA(model, train.ema_decay) if train.ema_decay is not None else None
         self.guard = DivergenceGuard(train.on_divergence, train.max_skipped_steps)
-        self.weights = {
-            "text": recipe.loss.text_weight,
-            "subgoal": recipe.loss.subgoal_weight,
-            "action": recipe.loss.action_weight,
-        }
+        self.weights = recipe.loss.weights
         self.step = 0
 
     @property
@@ -245,7 +240,7 @@ class Trainer:
         tokens = 0
         for _, batch in batches:
             tokens += batch.num_tokens
-            for k, n in loss_counts(batch, self.model.config).items():
+            for k, n in self.model.loss_counts(batch).items():
                 counts[k] = counts.get(k, 0) + n
         counts = self._reduce(counts)
         tokens_global = int(self._reduce({"text": tokens})["text"])

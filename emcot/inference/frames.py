@@ -20,7 +20,7 @@ from emcot.inference.generation import GuidanceBranches, TraceGenerator, is_text
 from emcot.io_utils import check_value
 from emcot.model.attention import KVCache
 from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample
-from emcot.model.forward import FlowInput, embed_segments, embed_vit, latent_grid_of
+from emcot.model.inputs import FlowInput, SegmentInputs
 from emcot.sequence.layouts import generation_layout
 from emcot.sequence.plan import Segment, SequencePlan
 from emcot.tokenizers.vision_processing import validate_rgb_uint8
@@ -86,7 +86,7 @@ class FramePredictor:
         images = context_frames(frames)
         prompt = proc.check_instruction(prompt)
         vit_inputs = [proc.vision(image) for image in images]
-        grid = latent_grid_of(model)
+        grid = model.latent_grid
         layout = generation_layout(
             vit_lengths=[h * w for _, (h, w) in vit_inputs],
             context_latents=len(images) if vae_context else 0,
@@ -96,19 +96,17 @@ class FramePredictor:
         )
         *cached, target = layout.segments
         plan = SequencePlan(cached)
-        vit = embed_vit(
-            model, torch.cat([p for p, _ in vit_inputs]).to(model.device), [g for _, g in vit_inputs]
-        )
+        vit = model.encode_images(torch.cat([p for p, _ in vit_inputs]), [g for _, g in vit_inputs])
         flows = []
         if vae_context:
             codec = model.latent_codec
             pixels = torch.stack([codec.preprocess(image) for image in images]).to(model.device, model.dtype)
             # The posterior mean, as an eval-mode training forward encodes (train mode may sample it).
             tokens, _ = codec.patchify(codec.encode(pixels, sample=False))
-            flows = [FlowInput(x, torch.zeros((), device=model.device)) for x in tokens]
+            flows = [FlowInput.clean(x) for x in tokens]
         text_ids = layout.text_ids[:-1]
-        ids = torch.tensor([t for seg_ids in text_ids for t in seg_ids], device=model.device)
-        embeds = embed_segments(model, plan.segments, ids, vit, None, flows, grid)
+        ids = torch.tensor([t for seg_ids in text_ids for t in seg_ids], dtype=torch.long)
+        embeds = model.embed(plan, SegmentInputs(ids, vit, flows=flows))
         cache = model.new_cache()
         model.run_plan(embeds, plan, 0, cache, write_cache=True)
         self.last_layout = SequencePlan(list(layout.segments))
@@ -121,7 +119,7 @@ class FramePredictor:
         without the frames' ViT segments and clean latent copies.
         """
         gen, model = self.gen, self.gen.model
-        grid = latent_grid_of(model)
+        grid = model.latent_grid
         guidance = GuidanceBranches(
             hide=is_text if sampler.text_guidance != 1.0 else None,
             no_image=(
@@ -158,6 +156,6 @@ class FramePredictor:
         ctx = self.prefill(frames, prompt, vae_context)
         seed = check_value("seed", seed, int | None)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = gen.noise((1, ctx.target.length, model.subgoal.latent_in.in_features), generator)
+        noise = gen.noise((1, ctx.target.length, model.config.latent_token_dim), generator)
         x0 = euler_sample(self.velocity(ctx, sampler), noise, sampler)
         return gen.decode_image(require_finite(x0, "predicted frame", model))

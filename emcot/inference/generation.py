@@ -10,19 +10,19 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from emcot.inference.finite import require_finite
+from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_fields, check_value
 from emcot.model.attention import KVCache
 from emcot.model.flow import FlowSamplerConfig, GuidedVelocity, VelocityFn, euler_sample, guidance_active
-from emcot.model.forward import embed_segments, embed_vit, latent_grid_of
+from emcot.model.inputs import SegmentInputs
 from emcot.model.sampling import next_token
-from emcot.policy.processor import EmCoTProcessor
-from emcot.policy.trace import Trace, TraceEvent
 from emcot.sequence.layouts import (
     action_segment,
     check_mode,
@@ -33,6 +33,9 @@ from emcot.sequence.layouts import (
     trace_layout,
 )
 from emcot.sequence.plan import Modality, Segment, SequencePlan
+
+if TYPE_CHECKING:  # the processor is handed in; importing it would run policy → inference back
+    from emcot.policy.processor import EmCoTProcessor
 
 GUIDANCE_OPTIONS = ("text_guidance", "image_guidance", "action_text_guidance", "action_image_guidance")
 
@@ -212,7 +215,7 @@ class TraceGenerator:
         keep = [i for i, s in enumerate(plan.segments) if s.role not in drop]
         ctx = SequencePlan([plan.segments[i] for i in keep])
         ids = torch.tensor([t for i in keep for t in text_ids[i]], dtype=torch.long, device=self.model.device)
-        embeds = embed_segments(self.model, ctx.segments, ids, [], states, [], latent_grid_of(self.model))
+        embeds = self.model.embed(ctx, SegmentInputs(ids, states=states))
         cache = self.model.new_cache()
         self.model.run_plan(embeds, ctx, 0, cache, write_cache=True)
         return ctx, cache
@@ -248,16 +251,8 @@ class TraceGenerator:
         prompt_seg, ids = text(prompt_ids(framed, mode, special), "prompt")
         ctx = _Context(SequencePlan(), model.new_cache(), [], [])
         prefix = SequencePlan(obs_segments + [prompt_seg])
-        vit = embed_vit(model, patches.to(model.device), grids)
-        embeds = embed_segments(
-            model,
-            prefix.segments,
-            torch.tensor(ids, device=model.device),
-            vit,
-            states,
-            [],
-            latent_grid_of(model),
-        )
+        vit = model.encode_images(patches, grids)
+        embeds = model.embed(prefix, SegmentInputs(torch.tensor(ids), vit, states))
         for seg in prefix.segments:
             ctx.plan.append(seg)
             ctx.layout.append(seg)
@@ -325,7 +320,7 @@ class TraceGenerator:
     def decode_image(self, x0: torch.Tensor) -> Image.Image:
         """Denoised latent tokens ``[1, n, d]`` of one image → RGB image through the latent codec."""
         codec = self.model.latent_codec
-        image = codec.decode(codec.unpatchify(x0, latent_grid_of(self.model)))[0]
+        image = codec.decode(codec.unpatchify(x0, self.model.latent_grid))[0]
         return codec.postprocess(require_finite(image.float(), "decoded image", self.model))
 
     def _imagine(self, ctx: _Context, options: GenerationOptions, states, generator):
@@ -333,7 +328,7 @@ class TraceGenerator:
         model, proc, special = self.model, self.proc, self.proc.special
         marker = [special.vision_start]
         self._append(ctx, text(marker, "vision_start")[0], self._embed_text(marker), marker)
-        grid = latent_grid_of(model)
+        grid = model.latent_grid
         n_tokens = grid[0] * grid[1]
         block = subgoal_segments(n_tokens, 0)
         sampler = self.sampler(
@@ -356,7 +351,7 @@ class TraceGenerator:
             sampler,
             guidance,
         )
-        noise = self.noise((1, n_tokens, model.subgoal.latent_in.in_features), generator)
+        noise = self.noise((1, n_tokens, model.config.latent_token_dim), generator)
         x0 = require_finite(euler_sample(velocity, noise, sampler), "subgoal image", model)
         ctx.layout.append(block["noisy"])
         clean = model.subgoal.embed(x0, torch.zeros(1, device=model.device, dtype=x0.dtype), grid)
@@ -364,7 +359,7 @@ class TraceGenerator:
         subgoal = self.decode_image(x0)
         if model.config.subgoal_vit_copy:
             sub_patches, sub_grid = proc.vision(np.asarray(subgoal))
-            vit_copy = embed_vit(model, sub_patches.to(model.device), [sub_grid])[0]
+            vit_copy = model.encode_images(sub_patches, [sub_grid])[0]
             self._append(
                 ctx, Segment(Modality.VIT, "full", vit_copy.shape[0], False, "subgoal_vit"), vit_copy[None]
             )

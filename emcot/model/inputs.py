@@ -1,8 +1,9 @@
-"""`SampleBatch`: the packed, model-ready form of one or more samples (built by the training collator)."""
+"""What the model's multimodal forward takes: per-segment inputs, flow inputs, packed sample batches;
+and what its loss returns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -48,3 +49,41 @@ class SampleBatch:
     def num_tokens(self) -> int:
         """Sequence length of the packed batch."""
         return self.plan.num_tokens
+
+
+@dataclass
+class FlowInput:
+    """Tokens of one latent or action segment and their flow time (0 for clean copies)."""
+
+    tokens: torch.Tensor
+    t: torch.Tensor
+
+    @classmethod
+    def clean(cls, tokens: torch.Tensor) -> FlowInput:
+        """A clean copy: the tokens at flow time 0."""
+        return cls(tokens, torch.zeros((), device=tokens.device))
+
+
+@dataclass
+class SegmentInputs:
+    """The inputs of a plan's segments, per modality and in segment order.
+
+    ``text_ids`` holds the ids of every text segment back to back; ``vit`` the connector output of
+    each ViT segment (:meth:`EmCoTModel.encode_images`); ``states`` one row per state segment;
+    ``flows`` one :class:`FlowInput` per latent or action segment.
+    """
+
+    text_ids: torch.Tensor
+    vit: list[torch.Tensor] = field(default_factory=list)
+    states: torch.Tensor | None = None
+    flows: list[FlowInput] = field(default_factory=list)
+
+
+@dataclass
+class LossOutput:
+    """Weighted total loss, each term's mean, and the raw sums/counts for cross-process averaging."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    sums: dict[str, torch.Tensor]
+    counts: dict[str, int]

@@ -121,3 +121,58 @@ def load_model(
     if torch_dtype is not None or device is not None:
         model.to(device=device, dtype=torch_dtype)
     return model.eval()
+
+
+def load_pretrained(
+    pretrained_model_name_or_path: str | Path,
+    *,
+    config: EmCoTConfig | None = None,
+    subfolder: str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: torch.device | str | None = None,
+    low_cpu_mem_usage: bool = True,
+    **kwargs,
+) -> EmCoTModel:
+    """:meth:`EmCoTModel.from_pretrained` with Hugging Face's argument names, through :func:`load_model`.
+
+    Hub options (``revision``, ``token``, …) are accepted and ignored, since only local folders
+    load; any other argument is an error rather than silently dropped.
+    """
+
+    # Hub options are meaningless for a local folder; anything else is a mistake to report.
+    # (AutoModel passes trust_remote_code and adapter_kwargs through; they do not apply either.)
+    ignored = {"cache_dir", "force_download", "local_files_only", "proxies", "revision", "token"}
+    ignored |= {"trust_remote_code", "_from_auto", "_from_pipeline"}
+    adapter = kwargs.pop("adapter_kwargs", None) or {}
+    if "_adapter_model_path" in adapter:
+        raise ValueError(
+            f"{pretrained_model_name_or_path} holds a PEFT adapter; load its base policy and merge the "
+            "adapter with emcot's fine-tuning tools instead"
+        )
+    unknown = sorted(set(kwargs) - ignored)
+    if unknown:
+        raise ValueError(
+            f"EmCoTModel.from_pretrained does not support {unknown}; it takes config, subfolder, "
+            "torch_dtype/dtype, device_map (one device) and low_cpu_mem_usage"
+        )
+    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+        raise ValueError(f"torch_dtype={torch_dtype} and dtype={dtype} disagree; pass one of them")
+    if isinstance(device_map, dict) or device_map == "auto":
+        raise ValueError(
+            "device_map must name one device (e.g. 'cpu' or 'cuda:0'); emcot does not split models"
+        )
+    folder = Path(pretrained_model_name_or_path)
+    folder = folder / subfolder if subfolder else folder
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder} is not a local folder; emcot loads saved folders only "
+            "(download a hub repository first, e.g. with huggingface_hub.snapshot_download)"
+        )
+    return load_model(
+        folder,
+        torch_dtype=torch_dtype if torch_dtype is not None else dtype,
+        device=device_map,
+        low_memory=low_cpu_mem_usage,
+        config=config,
+    )

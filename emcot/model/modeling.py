@@ -18,6 +18,9 @@ from emcot.experts.understanding import UnderstandingIO
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
 from emcot.model.attention import KVCache, make_mask
 from emcot.model.backbone import MoTBackbone
+from emcot.model.embedding import embed_plan, encode_images
+from emcot.model.inputs import LossOutput, SampleBatch, SegmentInputs
+from emcot.model.losses import compute_loss, loss_counts
 from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
 
 
@@ -44,8 +47,9 @@ class EmCoTModel(PreTrainedModel):
     """Three experts (understanding, subgoal generation, action) sharing one attention per layer.
 
     Text-only calls (``model(input_ids=ids)``) run the understanding expert and behave like the
-    ``Qwen2ForCausalLM`` it was initialised from. Multimodal training and trace generation go
-    through :mod:`emcot.trace_model` helpers built on :meth:`run_plan`.
+    ``Qwen2ForCausalLM`` it was initialised from. The multimodal forward is :meth:`embed` (a plan's
+    inputs → embeddings), :meth:`run_plan` (the backbone under the plan's mask) and
+    :meth:`compute_loss` (training); trace generation composes the same methods.
     """
 
     config_class = EmCoTConfig
@@ -63,6 +67,7 @@ class EmCoTModel(PreTrainedModel):
             config.vocab_size, hidden, config.tie_word_embeddings, vit_hidden, config.connector_hidden_act
         )
         self.backbone = MoTBackbone(config.experts, config.rope_theta)
+        self.latent_grid = config.latent_grid  # token grid of one subgoal image, computed once
         self.vision = None
         self.latent_codec = None
         self.subgoal = None
@@ -74,8 +79,7 @@ class EmCoTModel(PreTrainedModel):
             from emcot.tokenizers.vae import LatentCodec
 
             self.latent_codec = LatentCodec.from_config(config.vae)
-            token_dim = config.vae.latent_channels * config.vae.patch_size**2
-            self.subgoal = SubgoalIO(token_dim, hidden, config.timestep_frequency_dim)
+            self.subgoal = SubgoalIO(config.latent_token_dim, hidden, config.timestep_frequency_dim)
         self.action = ActionIO(
             config.action.action_dim, config.action.state_dim, hidden, config.timestep_frequency_dim
         )
@@ -130,6 +134,23 @@ class EmCoTModel(PreTrainedModel):
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
         self.config.attention_backend = backend
+
+    def encode_images(self, patches: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """ViT patches of several images → their connector outputs, one ``[h·w, H]`` tensor per image."""
+        return encode_images(self, patches, grids)
+
+    def embed(self, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor:
+        """Input embeddings ``[1, L, H]`` of every segment of ``plan`` from its modality's inputs."""
+        return embed_plan(self, plan, inputs)
+
+    def compute_loss(self, batch: SampleBatch, generator: torch.Generator | None = None) -> LossOutput:
+        """Teacher-forced losses of a packed batch: cross-entropy, subgoal MSE and action L1, weighted
+        by ``config.loss``; flow noise and times are drawn from ``generator``."""
+        return compute_loss(self, batch, generator)
+
+    def loss_counts(self, batch: SampleBatch) -> dict[str, int]:
+        """The element counts :meth:`compute_loss` normalises each term by, known before the forward."""
+        return loss_counts(self.config, batch)
 
     def new_cache(self) -> KVCache:
         """An empty KV cache for this model."""
@@ -292,64 +313,22 @@ class EmCoTModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
-        cls,
-        pretrained_model_name_or_path: str | Path,
-        *model_args,
-        config: EmCoTConfig | None = None,
-        subfolder: str | None = None,
-        torch_dtype: torch.dtype | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: torch.device | str | None = None,
-        low_cpu_mem_usage: bool = True,
-        **kwargs,
+        cls, pretrained_model_name_or_path: str | Path, *model_args, **kwargs
     ) -> EmCoTModel:
         """Load a saved emcot model or policy folder through emcot's safe loader.
 
         Unlike the inherited Hugging Face loader this reads safetensors only (never pickle),
         refuses missing, unexpected or misshapen tensors instead of initialising them at random,
         and reproduces the saved model's outputs on every path. ``transformers.AutoModel`` lands
-        here too. ``torch_dtype``/``dtype`` cast the weights; ``device_map`` is one device.
+        here too. Takes ``config``, ``subfolder``, ``torch_dtype``/``dtype`` (casts the weights),
+        ``device_map`` (one device) and ``low_cpu_mem_usage``; see
+        :func:`emcot.model.loading.load_pretrained`.
         """
-        from emcot.model.loading import load_model
+        from emcot.model.loading import load_pretrained
 
         if model_args:
             raise ValueError("EmCoTModel.from_pretrained takes no positional model arguments")
-        # Hub options are meaningless for a local folder; anything else is a mistake to report.
-        # (AutoModel passes trust_remote_code and adapter_kwargs through; they do not apply either.)
-        ignored = {"cache_dir", "force_download", "local_files_only", "proxies", "revision", "token"}
-        ignored |= {"trust_remote_code", "_from_auto", "_from_pipeline"}
-        adapter = kwargs.pop("adapter_kwargs", None) or {}
-        if "_adapter_model_path" in adapter:
-            raise ValueError(
-                f"{pretrained_model_name_or_path} holds a PEFT adapter; load its base policy and merge the "
-                "adapter with emcot's fine-tuning tools instead"
-            )
-        unknown = sorted(set(kwargs) - ignored)
-        if unknown:
-            raise ValueError(
-                f"EmCoTModel.from_pretrained does not support {unknown}; it takes config, subfolder, "
-                "torch_dtype/dtype, device_map (one device) and low_cpu_mem_usage"
-            )
-        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
-            raise ValueError(f"torch_dtype={torch_dtype} and dtype={dtype} disagree; pass one of them")
-        if isinstance(device_map, dict) or device_map == "auto":
-            raise ValueError(
-                "device_map must name one device (e.g. 'cpu' or 'cuda:0'); emcot does not split models"
-            )
-        folder = Path(pretrained_model_name_or_path)
-        folder = folder / subfolder if subfolder else folder
-        if not folder.is_dir():
-            raise ValueError(
-                f"{folder} is not a local folder; emcot loads saved folders only "
-                "(download a hub repository first, e.g. with huggingface_hub.snapshot_download)"
-            )
-        return load_model(
-            folder,
-            torch_dtype=torch_dtype if torch_dtype is not None else dtype,
-            device=device_map,
-            low_memory=low_cpu_mem_usage,
-            config=config,
-        )
+        return load_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_components(

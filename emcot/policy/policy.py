@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,12 @@ from PIL import Image
 
 from emcot.inference.frames import FramePredictor, Frames
 from emcot.inference.generation import GenerationOptions, TraceGenerator
+from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.model.modeling import EmCoTModel
 from emcot.policy.folder import check_save_target, replace_folder
 from emcot.policy.processor import EmCoTProcessor
-from emcot.policy.trace import Trace, TraceEvent
-from emcot.types import EmCoTSample, Observation
+from emcot.types import Observation
 
 GENERATION_FILE = "generation_config.json"
 DEFAULT_POLICY = Path(__file__).parents[1] / "assets" / "default_policy"
@@ -136,18 +136,6 @@ class EmCoTPolicy:
             stats = self.processor.norm_stats.for_robot(self.processor.settings.robot)["state"]
             state = stats.mean.astype(np.float32) if stats is not None else np.zeros(state_dim, np.float32)
         return Observation(images=images, state=state)
-
-    def collator(self):
-        """A :class:`emcot.training.collate.SampleCollator` packing :class:`EmCoTSample` s for training."""
-        from emcot.training.collate import SampleCollator
-
-        return SampleCollator(self.processor)
-
-    def compute_losses(self, samples: Sequence[EmCoTSample], generator: torch.Generator | None = None):
-        """Teacher-forced losses of a packed batch of samples (see :func:`emcot.model.forward.compute_losses`)."""
-        from emcot.model.forward import compute_losses
-
-        return compute_losses(self.model, self.collator()(samples), generator)
 
     def save_pretrained(self, folder: str | os.PathLike, max_shard_size: str | int = "2GB") -> Path:
         """Write the whole policy into one folder, atomically.

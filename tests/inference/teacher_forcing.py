@@ -1,12 +1,11 @@
 """Reference for cache-vs-training checks: the teacher-forced forward of a packed batch at a chosen
-(x_t, t), embedded exactly as :func:`emcot.model.forward.compute_losses` embeds it."""
+(x_t, t), embedded exactly as :meth:`EmCoTModel.compute_loss` embeds it."""
 
 from __future__ import annotations
 
 import torch
 
-from emcot.model.forward import FlowInput, embed_segments, embed_vit, latent_grid_of
-from emcot.model.inputs import SampleBatch
+from emcot.model.inputs import FlowInput, SampleBatch, SegmentInputs
 from emcot.sequence.plan import AttnMode, Modality, SequencePlan
 
 
@@ -34,10 +33,8 @@ def noisy_velocity(model, batch: SampleBatch, x_t: torch.Tensor, t: float) -> to
             continue
         noisy_here = seg.mode is AttnMode.NOISE
         flows.append(FlowInput(x_t[0] if noisy_here else clean, torch.tensor(t) if noisy_here else zero))
-    vit = embed_vit(model, batch.vit_patches, batch.vit_grids)
-    embeds = embed_segments(
-        model, plan.segments, batch.text_ids, vit, batch.states, flows, latent_grid_of(model)
-    )
+    vit = model.encode_images(batch.vit_patches, batch.vit_grids)
+    embeds = model.embed(plan, SegmentInputs(batch.text_ids, vit, batch.states, flows))
     hidden = model.run_plan(embeds, plan, key_drop=batch.key_drop)[0]
     seg = plan.segments[noisy[0]]
     start = plan.offsets()[noisy[0]]

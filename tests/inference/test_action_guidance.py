@@ -12,8 +12,9 @@ import torch
 
 from emcot.inference import generation
 from emcot.model.flow import FlowSamplerConfig
-from emcot.model.forward import embed_segments, embed_vit
+from emcot.model.inputs import SegmentInputs
 from emcot.policy.policy import EmCoTPolicy
+from emcot.sequence.plan import SequencePlan
 from emcot.synthetic.world import synthetic_action_samples
 from emcot.training.collate import ConditionDropout, SampleCollator
 
@@ -135,14 +136,11 @@ def test_full_mode_no_text_branch_sees_only_the_observation(policy, sample, velo
     n_obs = observed.index(False)
     assert all(observed[:n_obs]) and not any(observed[n_obs:]) and plan.segments[-1].role == "actions"
     batch = SampleCollator(policy.processor)([sample])
-    obs = embed_segments(
-        model,
-        plan.segments[:n_obs],
-        batch.text_ids[:0],
-        embed_vit(model, batch.vit_patches, batch.vit_grids),
-        batch.states,
-        [],
-        (0, 0),
+    obs = model.embed(
+        SequencePlan(plan.segments[:n_obs]),
+        SegmentInputs(
+            batch.text_ids[:0], model.encode_images(batch.vit_patches, batch.vit_grids), batch.states
+        ),
     )
     n_hidden = sum(s.length for s in plan.segments[n_obs:-1])
     junk = torch.randn(1, n_hidden, model.config.hidden_size, generator=torch.Generator().manual_seed(3))

@@ -70,7 +70,7 @@ def test_cached_branch_velocities_equal_the_training_forward(policy, scene, vae_
     predictor = policy._frames
     ctx = predictor.prefill(frames, PROMPT, vae_context)
     velocity = predictor.velocity(ctx, FlowSamplerConfig.subgoal(text_guidance=2.0, image_guidance=2.0))
-    token_dim = model.subgoal.latent_in.in_features
+    token_dim = model.config.latent_token_dim
     x_t = torch.randn(1, ctx.target.length, token_dim, generator=torch.Generator().manual_seed(0))
     t = 0.63
     out = velocity(x_t, t)

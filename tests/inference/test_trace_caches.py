@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emcot.model.forward import FlowInput, embed_segments, embed_vit, latent_grid_of
+from emcot.model.inputs import FlowInput, SegmentInputs
 from emcot.sequence.layouts import trace_layout
 from emcot.sequence.plan import Modality, SequencePlan
 from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
@@ -25,7 +25,7 @@ def setup():
     sample = samples[0]
     proc = policy.processor
     patches, grids = proc.encode_cameras(sample.observation)
-    grid = latent_grid_of(model)
+    grid = model.latent_grid
     n_lat = grid[0] * grid[1]
     sub_patches, sub_grid = proc.vision(sample.subgoal)
     layout = trace_layout(
@@ -40,10 +40,10 @@ def setup():
         horizon=model.config.action.horizon,
     )
     gen = torch.Generator().manual_seed(1)
-    token_dim = model.subgoal.latent_in.in_features
+    token_dim = model.config.latent_token_dim
     inputs = dict(
         state=proc.encode_state(sample.observation)[None],
-        vit=[*embed_vit(model, patches, grids), embed_vit(model, sub_patches, [sub_grid])[0]],
+        vit=[*model.encode_images(patches, grids), model.encode_images(sub_patches, [sub_grid])[0]],
         x_latent=torch.randn(n_lat, token_dim, generator=gen),
         x0_latent=torch.randn(n_lat, token_dim, generator=gen),
         x_action=torch.randn(model.config.action.horizon, 4, generator=gen),
@@ -61,7 +61,9 @@ def full_embeds(model, layout, inputs, grid, **changes):
         FlowInput(values["x_action"], values["t_action"]),
     ]
     ids = torch.tensor([t for seg_ids in layout.text_ids for t in seg_ids])
-    return embed_segments(model, layout.segments, ids, values["vit"], values["state"], flows, grid)
+    return model.embed(
+        SequencePlan(layout.segments), SegmentInputs(ids, values["vit"], values["state"], flows)
+    )
 
 
 @torch.no_grad()

@@ -95,7 +95,7 @@ def test_guidance_runs_and_changes_the_subgoal(fitted):
 
 
 def test_trace_saves_and_loads(fitted, tmp_path):
-    from emcot.policy.trace import Trace
+    from emcot.inference.trace import Trace
 
     policy, samples, _ = fitted
     trace = policy.generate_trace(samples[0].observation, samples[0].instruction, seed=0)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from emcot.model.forward import compute_losses
 from emcot.model.modeling import EmCoTModel
 from emcot.policy.policy import EmCoTPolicy
 from emcot.synthetic.world import build_synthetic_policy, synthetic_robot_samples, synthetic_samples
@@ -54,7 +53,7 @@ def test_adapt_policy_sets_the_new_robots_statistics(policy):
     assert change.resized == {"action_dim": (4, 6), "state_dim": (4, 5), "horizon": (8, 6)}
     stats = policy.processor.norm_stats.for_robot("new_robot")
     assert stats["action"].dim == 6 and stats["state"].dim == 5
-    out = compute_losses(policy.model, SampleCollator(policy.processor)(samples[:2]))
+    out = policy.model.compute_loss(SampleCollator(policy.processor)(samples[:2]))
     assert torch.isfinite(out.loss)
 
 
@@ -88,20 +87,18 @@ def test_lora_trains_adapters_only_and_merges_exactly(policy):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(std=0.05)
-    expected = compute_losses(model, batch, torch.Generator().manual_seed(0)).loss
+    expected = model.compute_loss(batch, torch.Generator().manual_seed(0)).loss
     plain = EmCoTModel(policy.config).eval()
     plain.load_state_dict(merged_state_dict(model), strict=True)
-    merged = compute_losses(plain, batch, torch.Generator().manual_seed(0)).loss
+    merged = plain.compute_loss(batch, torch.Generator().manual_seed(0)).loss
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
 
 
 def _fixed_losses(policy, samples) -> dict[str, float]:
     """Loss terms on a fixed batch, averaged over fixed noise draws."""
-    batch = policy.collator()(samples)
+    batch = SampleCollator(policy.processor)(samples)
     with torch.no_grad():
-        terms = [
-            compute_losses(policy.model, batch, torch.Generator().manual_seed(k)).terms for k in range(6)
-        ]
+        terms = [policy.model.compute_loss(batch, torch.Generator().manual_seed(k)).terms for k in range(6)]
     return {k: float(np.mean([float(t[k]) for t in terms])) for k in terms[0]}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emcot.training.collate import SampleCollator
 from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
 from emcot.training.data.lerobot import LeRobotDataset
 
@@ -49,7 +50,7 @@ def test_future_frames_train_the_generation_expert(dataset):
     ds, _ = dataset
     frames = FutureFrameDataset(ds, FutureFrameConfig(offset=3, context=2))
     policy = build_synthetic_policy(synthetic_samples(2, seed=0))
-    out = policy.compute_losses([frames[0], frames[5]])
+    out = policy.model.compute_loss(SampleCollator(policy.processor)([frames[0], frames[5]]))
     assert set(out.terms) == {"subgoal"} and float(out.terms["subgoal"]) > 0
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from emcot.model.forward import compute_losses, loss_counts
 from emcot.sequence.layouts import SpecialIds, generation_layout, subgoal_segments, vqa_layout
 from emcot.sequence.plan import AttnMode, Modality
 from emcot.synthetic.world import (
@@ -69,12 +68,12 @@ def test_collator_packs_every_kind_and_counts_match(policy, mixed):
     assert batch.num_tokens == sum(collate.num_tokens(s) for s in mixed)
     assert set(batch.plan.sample_ids) == set(range(len(mixed)))
     assert batch.actions.shape[0] == 5 and batch.key_drop is None
-    out = compute_losses(policy.model, batch, torch.Generator().manual_seed(0))
+    out = policy.model.compute_loss(batch, torch.Generator().manual_seed(0))
     assert set(out.terms) == {"text", "subgoal", "action"}
-    assert out.counts == loss_counts(batch, policy.model.config)
+    assert out.counts == policy.model.loss_counts(batch)
     vqa_only = collate(synthetic_vqa_samples(2, seed=5))
-    assert loss_counts(vqa_only, policy.model.config).keys() == {"text"}
-    assert compute_losses(policy.model, vqa_only).terms.keys() == {"text"}
+    assert policy.model.loss_counts(vqa_only).keys() == {"text"}
+    assert policy.model.compute_loss(vqa_only).terms.keys() == {"text"}
 
 
 def test_condition_dropout_hides_or_removes_conditions(policy):
@@ -121,7 +120,7 @@ def test_condition_dropout_of_action_only_samples(policy):
     off = ConditionDropout(text=1.0, vit=1.0, action_samples=False)
     kept = SampleCollator(policy.processor, off)([sample], rng=np.random.default_rng(0))
     assert kept.plan.segments == full.plan.segments and kept.key_drop is None
-    out = compute_losses(policy.model, no_text, torch.Generator().manual_seed(0))
+    out = policy.model.compute_loss(no_text, torch.Generator().manual_seed(0))
     assert torch.isfinite(out.terms["action"])
 
 
@@ -130,7 +129,7 @@ def test_padding_adds_loss_free_tokens(policy, mixed):
     longest = max(collate.num_tokens(s) for s in mixed[:4])
     padded = collate(mixed[:4], pad_to=longest)
     assert padded.num_tokens == 4 * longest
-    assert loss_counts(padded, policy.model.config) == loss_counts(collate(mixed[:4]), policy.model.config)
+    assert policy.model.loss_counts(padded) == policy.model.loss_counts(collate(mixed[:4]))
 
 
 def test_packer_respects_budget_and_resumes_exactly(mixed):

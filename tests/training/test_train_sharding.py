@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 
-from emcot.model.forward import compute_losses
 from emcot.synthetic.world import build_synthetic_policy, synthetic_samples, synthetic_vqa_samples
 from emcot.training.collate import SampleCollator
 from emcot.training.recipes import load_recipe
@@ -57,10 +56,10 @@ def test_idle_experts_and_heads_get_zero_gradients_without_changing_the_loss(pol
 def test_idle_routing_leaves_used_experts_unchanged(policy):
     model = policy.model.train()
     batch = SampleCollator(policy.processor)(synthetic_samples(2, seed=2))
-    expected = compute_losses(model, batch, torch.Generator().manual_seed(3)).terms
+    expected = model.compute_loss(batch, torch.Generator().manual_seed(3)).terms
     model.backbone.route_idle_experts = True
     try:
-        got = compute_losses(model, batch, torch.Generator().manual_seed(3)).terms
+        got = model.compute_loss(batch, torch.Generator().manual_seed(3)).terms
     finally:
         model.backbone.route_idle_experts = False
     for key in expected:

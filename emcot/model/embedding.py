@@ -1,0 +1,53 @@
+"""Input embeddings of a sequence plan: text through the embedding table, images through the ViT and
+connector, states and flow tokens through their experts' input layers."""
+
+from __future__ import annotations
+
+import torch
+
+from emcot.model.inputs import SegmentInputs
+from emcot.sequence.plan import Modality, SequencePlan
+
+
+def grid_coords(grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every patch of a row-major grid."""
+    h, w = grid
+    return torch.arange(h, device=device).repeat_interleave(w), torch.arange(w, device=device).repeat(h)
+
+
+def encode_images(model, patches: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """ViT features through the connector, one tensor per image."""
+    if not grids:
+        return []
+    feats = model.vision(patches.to(model.device, model.dtype), grids)
+    rows, cols = zip(*(grid_coords(g, feats.device) for g in grids), strict=True)
+    out = model.understanding.connector(feats, torch.cat(rows), torch.cat(cols))
+    return list(out.split([h * w for h, w in grids]))
+
+
+def embed_plan(model, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor:
+    """Input embeddings ``[1, L, H]`` of ``plan``'s segments, each from its modality's inputs."""
+    ids = inputs.text_ids.to(model.device)
+    text = model.understanding.embed_tokens(ids) if ids.numel() else None
+    parts, t_pos, v_i, s_i, f_i = [], 0, 0, 0, 0
+    for seg in plan.segments:
+        if seg.modality is Modality.TEXT:
+            parts.append(text[t_pos : t_pos + seg.length])
+            t_pos += seg.length
+        elif seg.modality is Modality.VIT:
+            parts.append(inputs.vit[v_i])
+            v_i += 1
+        elif seg.modality is Modality.STATE:
+            state = inputs.states[s_i : s_i + 1].to(model.device, model.dtype)
+            parts.append(model.action.embed_state(state)[0])
+            s_i += 1
+        else:
+            flow = inputs.flows[f_i]
+            f_i += 1
+            x = flow.tokens.to(model.device, model.dtype)[None]
+            t = flow.t.reshape(1).to(model.device, model.dtype)
+            if seg.modality is Modality.LATENT:
+                parts.append(model.subgoal.embed(x, t, model.latent_grid)[0])
+            else:
+                parts.append(model.action.embed_actions(x, t)[0])
+    return torch.cat(parts)[None]

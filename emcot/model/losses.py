@@ -1,0 +1,118 @@
+"""The teacher-forced training loss of a packed batch: cross-entropy, subgoal MSE and action L1."""
+
+from __future__ import annotations
+
+import torch
+
+from emcot.model.embedding import embed_plan, encode_images
+from emcot.model.flow import interpolate, sample_time, velocity_target
+from emcot.model.inputs import FlowInput, LossOutput, SampleBatch, SegmentInputs
+from emcot.sequence.plan import AttnMode, Modality, Segment
+
+
+def _flow_inputs(
+    model, batch: SampleBatch, generator: torch.Generator | None
+) -> tuple[list[FlowInput], list[torch.Tensor | None]]:
+    """One flow input per latent/action segment, and the velocity target of each noisy one.
+
+    Noisy segments get ``x_t = (1−t)·x0 + t·ε`` with t from the configured distributions; clean
+    copies see ``x0`` at t = 0.
+    """
+    cfg, device = model.config.loss, model.device
+    latent_tokens = None
+    if batch.latent_images.shape[0]:
+        with torch.no_grad():
+            latents = model.latent_codec.encode(batch.latent_images.to(model.dtype), generator=generator)
+            latent_tokens, _ = model.latent_codec.patchify(latents)
+    flows: list[FlowInput] = []
+    targets: list[torch.Tensor | None] = []
+    latent_i = action_i = 0
+    for seg in batch.plan.segments:
+        if seg.modality is Modality.LATENT:
+            x0 = latent_tokens[batch.latent_image_index[latent_i]]
+            latent_i += 1
+            dist, shift = cfg.subgoal_time_distribution, cfg.subgoal_time_shift
+        elif seg.modality is Modality.ACTION:
+            x0 = batch.actions[action_i]
+            action_i += 1
+            dist, shift = cfg.action_time_distribution, cfg.action_time_shift
+        else:
+            continue
+        if seg.mode is AttnMode.NOISE:
+            t = sample_time(1, distribution=dist, shift=shift, generator=generator).to(device)[0]
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            flows.append(FlowInput(interpolate(x0[None], eps[None], t[None])[0], t))
+            targets.append(velocity_target(x0, eps))
+        else:
+            flows.append(FlowInput(x0, torch.zeros((), device=device)))
+            targets.append(None)
+    return flows, targets
+
+
+def _flow_loss(model, seg: Segment, rows: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None):
+    """(sum, count) of one noisy segment's velocity loss."""
+    if seg.modality is Modality.LATENT:
+        return model.subgoal.loss(model.subgoal.velocity(rows), target)
+    return model.action.loss(
+        model.action.velocity(rows), target, model.config.loss.action_loss, (~pad).float()
+    )
+
+
+def compute_loss(model, batch: SampleBatch, generator: torch.Generator | None = None) -> LossOutput:
+    """Teacher-forced forward of a packed batch and its weighted loss terms."""
+    batch = batch.to(model.device)
+    plan = batch.plan
+    flows, targets = _flow_inputs(model, batch, generator)
+    inputs = SegmentInputs(
+        batch.text_ids, encode_images(model, batch.vit_patches, batch.vit_grids), batch.states, flows
+    )
+    embeds = embed_plan(model, plan, inputs)
+    key_drop = batch.key_drop if batch.key_drop is not None and bool(batch.key_drop.any()) else None
+    hidden = model.run_plan(embeds, plan, key_drop=key_drop)[0]
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    if batch.text_loss_positions.numel():
+        logits = model.understanding.logits(hidden[batch.text_loss_positions])
+        sums["text"], counts["text"] = model.understanding.loss(logits, batch.text_loss_targets)
+    flow_i = action_i = 0
+    for seg, start in zip(plan.segments, plan.offsets(), strict=True):
+        if seg.modality not in (Modality.LATENT, Modality.ACTION):
+            continue
+        target = targets[flow_i]
+        flow_i += 1
+        pad = None
+        if seg.modality is Modality.ACTION:
+            pad = batch.action_pad[action_i]
+            action_i += 1
+        if target is None or not seg.loss:
+            continue
+        s, n = _flow_loss(model, seg, hidden[start : start + seg.length], target, pad)
+        key = "subgoal" if seg.modality is Modality.LATENT else "action"
+        sums[key] = sums.get(key, 0) + s
+        counts[key] = counts.get(key, 0) + n
+    weights = model.config.loss.weights
+    terms = {k: sums[k] / max(counts[k], 1) for k in sums}
+    total = sum(weights[k] * terms[k] for k in terms)
+    return LossOutput(loss=total, terms=terms, sums=sums, counts=counts)
+
+
+def loss_counts(config, batch: SampleBatch) -> dict[str, int]:
+    """The element counts :func:`compute_loss` will normalise by, known before the forward pass.
+
+    A trainer sums them over micro-batches and processes first, so every loss term is a mean over
+    the whole global batch however it is split.
+    """
+    counts: dict[str, int] = {}
+    if batch.text_loss_targets.numel():
+        counts["text"] = int(batch.text_loss_targets.numel())
+    action_i = 0
+    for seg in batch.plan.segments:
+        if seg.modality is Modality.ACTION:
+            pad = batch.action_pad[action_i]
+            action_i += 1
+            if seg.mode is AttnMode.NOISE and seg.loss:
+                counts["action"] = counts.get("action", 0) + int((~pad).sum()) * config.action.action_dim
+        elif seg.modality is Modality.LATENT and seg.mode is AttnMode.NOISE and seg.loss:
+            counts["subgoal"] = counts.get("subgoal", 0) + seg.length * config.latent_token_dim
+    return counts
