@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -12,16 +13,107 @@ from emcot.io_utils import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
     POSITIVE,
+    UNIT_INTERVAL,
     Range,
     check_fields,
     check_value,
     dataclass_from_dict,
+    parse_choice,
 )
-from emcot.model.attention import ATTENTION_BACKENDS
-from emcot.model.flow import TIME_DISTRIBUTIONS, FlowSamplerConfig
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig
+
+TIME_DISTRIBUTIONS = ("logit_normal", "beta", "uniform")
+RENORM_MODES = ("global", "none")
+
+
+class AttentionBackend(str, Enum):
+    """Attention kernels (``config.attention_backend``); their implementations are registered in
+    :mod:`emcot.model.attention`."""
+
+    SDPA = "sdpa"  # dense boolean mask; the fast path on CPU
+    FLEX = "flex"  # flex_attention block masks; long packed sequences on GPU
+    EAGER = "eager"  # plain matmul-softmax reference
+
+    @classmethod
+    def parse(cls, name: str | AttentionBackend) -> AttentionBackend:
+        """The backend called ``name``; a typo names the closest valid choice."""
+        return parse_choice(cls, name, "attention_backend")
+
+
+@dataclass
+class FlowSamplerConfig:
+    """Settings of one denoising run (classifier-free guidance as in BAGEL/HALO).
+
+    ``text_guidance`` and ``image_guidance`` are CFG scales (1.0 = off) applied only while
+    ``guidance_interval[0] < t <= guidance_interval[1]``. ``renorm="global"`` rescales the guided
+    velocity so its norm never exceeds the conditional one, by a factor clamped to
+    ``[renorm_min, 1]``. The defaults are the action preset; see :meth:`subgoal`/:meth:`actions`.
+    """
+
+    num_steps: int = 10
+    shift: float = 1.0
+    text_guidance: float = 1.0
+    image_guidance: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    renorm: str = "global"
+    renorm_min: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            shift=POSITIVE,
+            num_steps=AT_LEAST_ONE,
+            text_guidance=NON_NEGATIVE,
+            image_guidance=NON_NEGATIVE,
+            renorm_min=UNIT_INTERVAL,
+        )
+        interval = self.guidance_interval
+        if not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise ValueError(
+                f"FlowSamplerConfig.guidance_interval must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, "
+                f"got {self.guidance_interval!r}."
+            )
+        if self.renorm not in RENORM_MODES:
+            raise ValueError(f"FlowSamplerConfig.renorm must be one of {RENORM_MODES}, got {self.renorm!r}.")
+
+    @classmethod
+    def subgoal(cls, **overrides: Any) -> FlowSamplerConfig:
+        """HALO's subgoal-image preset: 50 steps, shift 3, CFG text 4 / image 2 on t ∈ (0.4, 1]."""
+        base = dict(
+            num_steps=50,
+            shift=3.0,
+            text_guidance=4.0,
+            image_guidance=2.0,
+            guidance_interval=(0.4, 1.0),
+            renorm="global",
+            renorm_min=0.0,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def actions(cls, **overrides: Any) -> FlowSamplerConfig:
+        """HALO's action preset: 10 linear steps, guidance off (scales 1.0).
+
+        Scales above 1 turn on action guidance (see ``TraceGenerator._act``); they help only a policy
+        whose action-only samples were trained with text and image dropout.
+        """
+        return cls(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (the interval becomes a list)."""
+        out = asdict(self)
+        out["guidance_interval"] = list(self.guidance_interval)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowSamplerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        data = dict(data)
+        if "guidance_interval" in data:
+            data["guidance_interval"] = tuple(data["guidance_interval"])
+        return dataclass_from_dict(cls, data, label="Unknown FlowSamplerConfig keys")
 
 
 @dataclass
@@ -142,10 +234,8 @@ class EmCoTConfig(PretrainedConfig):
                 "all experts share one attention, so (hidden_size, num_layers, num_heads, num_kv_heads, head_dim) "
                 f"must agree; got {signatures}"
             )
-        if attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention_backend must be one of {ATTENTION_BACKENDS}, got '{attention_backend}'"
-            )
+        # Stored as the plain name so config.json stays a string.
+        attention_backend = AttentionBackend.parse(attention_backend).value
         self.vocab_size = check_value("EmCoTConfig.vocab_size", vocab_size, int, AT_LEAST_ONE)
         self.rope_theta = check_value("EmCoTConfig.rope_theta", rope_theta, float, Range(gt=1))
         self.attention_backend = attention_backend

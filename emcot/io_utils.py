@@ -6,6 +6,8 @@ This module imports nothing from emcot, so codecs and experts can use it without
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import enum
 import functools
 import json
 import math
@@ -270,3 +272,22 @@ def check_fields(obj: Any, label: str | None = None, **bounds: Range) -> None:
         checked = check_value(name, value, hints[f.name], bounds.get(f.name))
         if checked is not value:
             object.__setattr__(obj, f.name, checked)
+
+
+E = typing.TypeVar("E", bound=enum.Enum)
+
+
+def parse_choice(kind: type[E], value: Any, what: str) -> E:
+    """The member of the enum ``kind`` whose value is ``value``; a typo names the closest valid choice.
+
+    ``what`` names the setting in the message: ``unknown trace mode 'fulll' (did you mean
+    'full'?); choose one of [...]``.
+    """
+    if isinstance(value, kind):
+        return value
+    choices = [str(member.value) for member in kind]
+    if isinstance(value, str) and value in choices:
+        return kind(value)
+    close = difflib.get_close_matches(str(value), choices, n=1) if isinstance(value, str) else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ValueError(f"unknown {what} {value!r}{hint}; choose one of {choices}")

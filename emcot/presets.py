@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from emcot.config import FlowSamplerConfig
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
-from emcot.model.flow import FlowSamplerConfig
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emcot.config import AttentionBackend
 from emcot.sequence.plan import TokenLayout
-
-ATTENTION_BACKENDS = ("sdpa", "flex", "eager")
 
 
 class RotaryEmbedding(nn.Module):
@@ -80,31 +82,25 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
 
 
-def make_mask(
-    backend: str,
-    layout: TokenLayout,
-    query_start: int = 0,
-    key_drop: torch.Tensor | None = None,
-):
-    """The mask object a backend consumes: a dense bool tensor, or a flex ``BlockMask``."""
-    if backend in ("sdpa", "eager"):
-        return layout.mask(query_start, key_drop)
-    if backend == "flex":
-        from torch.nn.attention.flex_attention import create_block_mask
+def _dense_mask(layout: TokenLayout, query_start: int, key_drop: torch.Tensor | None) -> torch.Tensor:
+    return layout.mask(query_start, key_drop)
 
-        sample, segment, bidir, noise = layout.sample, layout.segment, layout.bidirectional, layout.noise
-        drop = key_drop if key_drop is not None else torch.zeros_like(noise)
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            q = q_idx + query_start
-            earlier = (segment[kv_idx] < segment[q]) & ~noise[kv_idx]
-            same = (segment[kv_idx] == segment[q]) & (bidir[q] | (kv_idx <= q))
-            visible = ~drop[kv_idx] | (segment[kv_idx] == segment[q])
-            return (sample[q] == sample[kv_idx]) & (earlier | same) & visible
+def _block_mask(layout: TokenLayout, query_start: int, key_drop: torch.Tensor | None):
+    from torch.nn.attention.flex_attention import create_block_mask
 
-        n = len(layout)
-        return create_block_mask(mask_mod, None, None, n - query_start, n, device=layout.sample.device)
-    raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
+    sample, segment, bidir, noise = layout.sample, layout.segment, layout.bidirectional, layout.noise
+    drop = key_drop if key_drop is not None else torch.zeros_like(noise)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q = q_idx + query_start
+        earlier = (segment[kv_idx] < segment[q]) & ~noise[kv_idx]
+        same = (segment[kv_idx] == segment[q]) & (bidir[q] | (kv_idx <= q))
+        visible = ~drop[kv_idx] | (segment[kv_idx] == segment[q])
+        return (sample[q] == sample[kv_idx]) & (earlier | same) & visible
+
+    n = len(layout)
+    return create_block_mask(mask_mod, None, None, n - query_start, n, device=layout.sample.device)
 
 
 @functools.cache
@@ -115,26 +111,65 @@ def _flex_attention(compiled: bool):
     return torch.compile(flex_attention) if compiled else flex_attention
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: str) -> torch.Tensor:
+def _dense_inputs(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, groups: int):
+    """Dense kernels take a ``[B, 1, Lq, Lk]`` mask and as many KV heads as query heads."""
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        mask = mask[:, None]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return k, v, mask
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:
+    k, v, mask = _dense_inputs(k, v, mask, groups)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:
+    k, v, mask = _dense_inputs(k, v, mask, groups)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1) @ v
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:
+    return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, enable_gqa=groups > 1)
+
+
+@dataclass(frozen=True)
+class BackendKernels:
+    """How one attention backend builds its mask object and computes attention with it."""
+
+    make_mask: Callable[[TokenLayout, int, torch.Tensor | None], Any]
+    attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, int], torch.Tensor]
+    per_row_masks: bool  # whether a mask may differ per batch row (left-padded text batches)
+
+
+BACKENDS: dict[AttentionBackend, BackendKernels] = {
+    AttentionBackend.SDPA: BackendKernels(_dense_mask, _sdpa, per_row_masks=True),
+    AttentionBackend.FLEX: BackendKernels(_block_mask, _flex, per_row_masks=False),
+    AttentionBackend.EAGER: BackendKernels(_dense_mask, _eager, per_row_masks=True),
+}
+
+
+def make_mask(
+    backend: AttentionBackend | str,
+    layout: TokenLayout,
+    query_start: int = 0,
+    key_drop: torch.Tensor | None = None,
+):
+    """The mask object a backend consumes: a dense bool tensor, or a flex ``BlockMask``."""
+    return BACKENDS[AttentionBackend.parse(backend)].make_mask(layout, query_start, key_drop)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: AttentionBackend | str
+) -> torch.Tensor:
     """Grouped-query attention ``q [B, H, Lq, d]``, ``k/v [B, Hkv, Lk, d]`` → ``[B, Lq, H·d]``."""
     groups = q.shape[1] // k.shape[1]
-    if backend == "flex":
-        out = _flex_attention(q.is_cuda)(q, k, v, block_mask=mask, enable_gqa=groups > 1)
-    else:
-        if mask.dim() == 2:
-            mask = mask[None, None]
-        elif mask.dim() == 3:
-            mask = mask[:, None]
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        if backend == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif backend == "eager":
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            out = scores.softmax(-1) @ v
-        else:
-            raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
+    out = BACKENDS[AttentionBackend.parse(backend)].attend(q, k, v, mask, groups)
     b, h, lq, d = out.shape
     return out.transpose(1, 2).reshape(b, lq, h * d)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from emcot.config import AttentionBackend
 from emcot.experts.block import ExpertBlock, RMSNorm
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
 from emcot.model.attention import KVCache, RotaryEmbedding, apply_rotary, attend
@@ -40,6 +44,29 @@ class ExpertRouting:
         return torch.cat(parts).index_select(0, self.restore)
 
 
+@dataclass
+class PreparedQuery:
+    """What a backbone pass needs besides embeddings and cache: for tokens from ``query_start`` on,
+    their experts, RoPE positions and the mask against every key up to them."""
+
+    query_start: int
+    experts: torch.Tensor
+    positions: torch.Tensor
+    mask: Any
+
+
+@dataclass
+class LayerContext:
+    """What every layer of one backbone pass shares besides the hidden states."""
+
+    routing: ExpertRouting
+    rope: tuple[torch.Tensor, torch.Tensor]
+    mask: Any
+    backend: AttentionBackend | str
+    cache: KVCache | None
+    write_cache: bool
+
+
 class MoTLayer(nn.Module):
     """One decoder layer: an :class:`ExpertBlock` per expert around a shared attention."""
 
@@ -47,30 +74,22 @@ class MoTLayer(nn.Module):
         super().__init__()
         self.experts = nn.ModuleDict({name: ExpertBlock(cfg) for name, cfg in experts.items()})
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        routing: ExpertRouting,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        mask,
-        backend: str,
-        cache: KVCache | None,
-        layer_index: int,
-        write_cache: bool,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: LayerContext, layer_index: int) -> torch.Tensor:
+        """One layer on ``x [B, L, H]``; ``layer_index`` picks this layer's slot in the KV cache."""
         b, seq, hidden = x.shape
+        routing = ctx.routing
         flat = x.reshape(b * seq, hidden)
         projected = routing.map(flat, lambda name, t: self.experts[name].project_qkv(t))
         q, k, v = (routing.merge([p[i] for p in projected]) for i in range(3))
         # [B*L, heads, d] → [B, heads, L, d]
         q, k, v = (t.view(b, seq, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
-        cos, sin = rope
+        cos, sin = ctx.rope
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.extend(layer_index, k, v)
-            if write_cache:
-                cache.store(layer_index, k, v)
-        attn = attend(q, k, v, mask, backend).reshape(b * seq, -1)
+        if ctx.cache is not None:
+            k, v = ctx.cache.extend(layer_index, k, v)
+            if ctx.write_cache:
+                ctx.cache.store(layer_index, k, v)
+        attn = attend(q, k, v, ctx.mask, ctx.backend).reshape(b * seq, -1)
         parts = routing.map(
             torch.cat([flat, attn], dim=1),
             lambda name, t: self.experts[name].finish(t[:, :hidden], t[:, hidden:]),
@@ -97,20 +116,19 @@ class MoTBackbone(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        expert_ids: torch.Tensor,
-        positions: torch.Tensor,
-        mask,
-        backend: str = "sdpa",
+        query: PreparedQuery,
+        backend: AttentionBackend | str = AttentionBackend.SDPA,
         cache: KVCache | None = None,
         write_cache: bool = False,
     ) -> torch.Tensor:
         """Run all layers on ``hidden [B, L, H]``; returns final-normed states ``[B, L, H]``.
 
-        ``expert_ids`` and ``positions`` are ``[L]`` (shared by the batch) or ``[B, L]``; ``mask``
-        covers the new tokens against cache + new keys. With ``cache`` given, keys and values
-        of the cached prefix are read; they are appended only when ``write_cache`` is True.
+        ``query.experts`` and ``query.positions`` are ``[L]`` (shared by the batch) or ``[B, L]``;
+        ``query.mask`` covers the new tokens against cache + new keys. With ``cache`` given, keys
+        and values of the cached prefix are read; they are appended only when ``write_cache`` is True.
         """
         b, seq, _ = hidden.shape
+        expert_ids, positions = query.experts, query.positions
         if expert_ids.dim() == 1:
             expert_ids = expert_ids.expand(b, seq)
         if positions.dim() == 1:
@@ -119,13 +137,14 @@ class MoTBackbone(nn.Module):
             tuple(self.norms) if self.route_idle_experts and self.training and torch.is_grad_enabled() else ()
         )
         routing = ExpertRouting(expert_ids, idle)
-        rope = self.rotary(positions, hidden.dtype)
+        ctx = LayerContext(
+            routing, self.rotary(positions, hidden.dtype), query.mask, backend, cache, write_cache
+        )
         for i, layer in enumerate(self.layers):
-            args = (routing, rope, mask, backend, cache, i, write_cache)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, *args, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, ctx, i, use_reentrant=False)
             else:
-                hidden = layer(hidden, *args)
+                hidden = layer(hidden, ctx, i)
         flat = hidden.reshape(b * seq, -1)
         normed = routing.merge(routing.map(flat, lambda name, t: self.norms[name](t)))
         return normed.view(b, seq, -1)

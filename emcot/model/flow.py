@@ -6,28 +6,17 @@ Convention (DESIGN §4, same as HALO/BAGEL and openpi):
     target velocity v = eps - x0 = d x_t / d t,
 
 and sampling integrates from t = 1 to t = 0 with Euler steps ``x_next = x_t + (t_next - t) * v``.
-This module depends on torch only.
+Its settings (:class:`FlowSamplerConfig`) live with the model configuration in :mod:`emcot.config`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from emcot.io_utils import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
-    UNIT_INTERVAL,
-    check_fields,
-    dataclass_from_dict,
-)
-
-TIME_DISTRIBUTIONS = ("logit_normal", "beta", "uniform")
-RENORM_MODES = ("global", "none")
+from emcot.config import TIME_DISTRIBUTIONS, FlowSamplerConfig
 
 
 def shift_time(t: torch.Tensor | float, shift: float) -> torch.Tensor | float:
@@ -112,80 +101,6 @@ def time_schedule(
     # Built in float64 so the shift formula hits the endpoints exactly before rounding.
     t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     return shift_time(t, shift).to(dtype=torch.float32, device=device)
-
-
-@dataclass
-class FlowSamplerConfig:
-    """Settings of one denoising run (classifier-free guidance as in BAGEL/HALO).
-
-    ``text_guidance`` and ``image_guidance`` are CFG scales (1.0 = off) applied only while
-    ``guidance_interval[0] < t <= guidance_interval[1]``. ``renorm="global"`` rescales the guided
-    velocity so its norm never exceeds the conditional one, by a factor clamped to
-    ``[renorm_min, 1]``. The defaults are the action preset; see :meth:`subgoal`/:meth:`actions`.
-    """
-
-    num_steps: int = 10
-    shift: float = 1.0
-    text_guidance: float = 1.0
-    image_guidance: float = 1.0
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
-    renorm: str = "global"
-    renorm_min: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            shift=POSITIVE,
-            num_steps=AT_LEAST_ONE,
-            text_guidance=NON_NEGATIVE,
-            image_guidance=NON_NEGATIVE,
-            renorm_min=UNIT_INTERVAL,
-        )
-        interval = self.guidance_interval
-        if not 0.0 <= interval[0] <= interval[1] <= 1.0:
-            raise ValueError(
-                f"FlowSamplerConfig.guidance_interval must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, "
-                f"got {self.guidance_interval!r}."
-            )
-        if self.renorm not in RENORM_MODES:
-            raise ValueError(f"FlowSamplerConfig.renorm must be one of {RENORM_MODES}, got {self.renorm!r}.")
-
-    @classmethod
-    def subgoal(cls, **overrides: Any) -> FlowSamplerConfig:
-        """HALO's subgoal-image preset: 50 steps, shift 3, CFG text 4 / image 2 on t ∈ (0.4, 1]."""
-        base = dict(
-            num_steps=50,
-            shift=3.0,
-            text_guidance=4.0,
-            image_guidance=2.0,
-            guidance_interval=(0.4, 1.0),
-            renorm="global",
-            renorm_min=0.0,
-        )
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def actions(cls, **overrides: Any) -> FlowSamplerConfig:
-        """HALO's action preset: 10 linear steps, guidance off (scales 1.0).
-
-        Scales above 1 turn on action guidance (see ``TraceGenerator._act``); they help only a policy
-        whose action-only samples were trained with text and image dropout.
-        """
-        return cls(**overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (the interval becomes a list)."""
-        out = asdict(self)
-        out["guidance_interval"] = list(self.guidance_interval)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FlowSamplerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        data = dict(data)
-        if "guidance_interval" in data:
-            data["guidance_interval"] = tuple(data["guidance_interval"])
-        return dataclass_from_dict(cls, data, label="Unknown FlowSamplerConfig keys")
 
 
 @dataclass

@@ -10,14 +10,14 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from emcot.config import EmCoTConfig
+from emcot.config import AttentionBackend, EmCoTConfig
 from emcot.experts.action import ActionIO
 from emcot.experts.block import RMSNorm
 from emcot.experts.generation import SubgoalIO
 from emcot.experts.understanding import UnderstandingIO
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
-from emcot.model.attention import KVCache, make_mask
-from emcot.model.backbone import MoTBackbone
+from emcot.model.attention import BACKENDS, KVCache, make_mask
+from emcot.model.backbone import MoTBackbone, PreparedQuery
 from emcot.model.embedding import embed_plan, encode_images
 from emcot.model.inputs import LossOutput, SampleBatch, SegmentInputs
 from emcot.model.losses import compute_loss, loss_counts
@@ -30,17 +30,6 @@ class CausalLMOutput(ModelOutput):
 
     logits: torch.Tensor | None = None
     loss: torch.Tensor | None = None
-
-
-@dataclass
-class PreparedQuery:
-    """What a backbone pass needs besides embeddings and cache: for tokens from ``query_start`` on,
-    their experts, RoPE positions and the mask against every key up to them."""
-
-    query_start: int
-    experts: torch.Tensor
-    positions: torch.Tensor
-    mask: object
 
 
 class EmCoTModel(PreTrainedModel):
@@ -123,17 +112,13 @@ class EmCoTModel(PreTrainedModel):
         self.backbone.gradient_checkpointing = False
 
     @property
-    def attention_backend(self) -> str:
-        """``"sdpa"`` (default, fastest on CPU), ``"flex"`` (block masks, GPU) or ``"eager"`` (reference)."""
-        return self.config.attention_backend
+    def attention_backend(self) -> AttentionBackend:
+        """The attention kernel every layer uses (see :class:`emcot.config.AttentionBackend`)."""
+        return AttentionBackend(self.config.attention_backend)
 
-    def set_attention_backend(self, backend: str) -> None:
-        """Switch the attention kernel used by every layer."""
-        from emcot.model.attention import ATTENTION_BACKENDS
-
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"unknown attention backend '{backend}'; choose one of {ATTENTION_BACKENDS}")
-        self.config.attention_backend = backend
+    def set_attention_backend(self, backend: AttentionBackend | str) -> None:
+        """Switch the attention kernel used by every layer (``"sdpa"``, ``"flex"`` or ``"eager"``)."""
+        self.config.attention_backend = AttentionBackend.parse(backend).value
 
     def encode_images(self, patches: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
         """ViT patches of several images → their connector outputs, one ``[h·w, H]`` tensor per image."""
@@ -193,9 +178,7 @@ class EmCoTModel(PreTrainedModel):
             raise ValueError(
                 f"cache holds {len(cache)} tokens but the new tokens start at {query.query_start}"
             )
-        return self.backbone(
-            embeds, query.experts, query.positions, query.mask, self.attention_backend, cache, write_cache
-        )
+        return self.backbone(embeds, query, self.attention_backend, cache, write_cache=write_cache)
 
     def run_plan(
         self,
@@ -267,8 +250,11 @@ class EmCoTModel(PreTrainedModel):
         experts = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         # Padding makes the mask differ per row; flex block masks are built from one shared plan,
         # so padded batches use the dense-mask kernel with the same maths.
-        backend = "eager" if self.attention_backend == "flex" else self.attention_backend
-        return self.backbone(embeds, experts, positions, mask, backend, cache, write_cache=cache is not None)
+        backend = self.attention_backend
+        if not BACKENDS[backend].per_row_masks:
+            backend = AttentionBackend.EAGER
+        query = PreparedQuery(past, experts, positions, mask)
+        return self.backbone(embeds, query, backend, cache, write_cache=cache is not None)
 
     @torch.no_grad()
     def generate(
