@@ -200,6 +200,7 @@ class EmCoTConfig(PretrainedConfig):
 
     def __init__(
         self,
+        *,
         experts: dict[str, ExpertConfig | dict] | None = None,
         vocab_size: int = 151936,
         tie_word_embeddings: bool = True,

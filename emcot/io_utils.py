@@ -160,72 +160,91 @@ def _describe(hint: Any) -> str:
     return f"a {getattr(hint, '__name__', str(hint))}"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise _Mismatch
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise _Mismatch
+
+
+def _to_float(value: Any) -> float:
+    if _is_number(value) and math.isfinite(float(value)):
+        return float(value)
+    raise _Mismatch
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+_SCALARS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _to_union(value: Any, args: tuple) -> Any:
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg)
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def _to_sequence(value: Any, origin: Any, args: tuple) -> Any:
+    if not isinstance(value, (tuple, list)):
+        raise _Mismatch
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise _Mismatch
+        items = [_coerce(v, a) for v, a in zip(value, args, strict=True)]
+    else:
+        items = [_coerce(v, args[0]) for v in value] if args else list(value)
+    return tuple(items) if origin is tuple else items
+
+
 def _coerce(value: Any, hint: Any) -> Any:
     """``value`` checked against ``hint`` (numpy scalars become Python ones; ints are valid floats)."""
     if hint is Any or isinstance(hint, typing.TypeVar):
         return value
-    origin = typing.get_origin(hint)
+    if hint in _SCALARS:
+        return _SCALARS[hint](value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
+        return _to_union(value, args)
     if origin is typing.Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise _Mismatch
-    if hint is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-            return int(value)
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-            value, (bool, np.bool_)
-        ):
-            if not math.isfinite(float(value)):
-                raise _Mismatch
-            return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
+        if value in args:
             return value
         raise _Mismatch
     if origin in (tuple, list):
-        if not isinstance(value, (tuple, list)):
-            raise _Mismatch
-        args = typing.get_args(hint)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise _Mismatch
-            items = [_coerce(v, a) for v, a in zip(value, args)]
-        else:
-            items = [_coerce(v, args[0]) for v in value] if args else list(value)
-        return tuple(items) if origin is tuple else items
+        return _to_sequence(value, origin, args)
     if origin is dict or hint is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    if dataclasses.is_dataclass(hint):
+        expected: Any = dict
+    elif dataclasses.is_dataclass(hint):
         # A nested section may still be a mapping here; its owner converts it (and checks it then).
-        if isinstance(value, (hint, dict)):
-            return value
-        raise _Mismatch
-    if isinstance(hint, type):
-        if isinstance(value, hint):
-            return value
-        raise _Mismatch
-    return value  # a hint this checker does not model (callables, protocols): trust the caller
+        expected = (hint, dict)
+    elif isinstance(hint, type):
+        expected = hint
+    else:
+        return value  # a hint this checker does not model (callables, protocols): trust the caller
+    if isinstance(value, expected):
+        return value
+    raise _Mismatch
 
 
 def check_value(name: str, value: Any, hint: Any, bounds: Range | None = None) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -71,48 +73,71 @@ def llm_state_dict_to_ours(
     return out
 
 
-def build_from_components(
-    cls, llm, vision, vae, preset, qk_norm, expert_overrides, vision_overrides, overrides
-):
-    """Implementation of :meth:`EmCoTModel.from_components` (see there)."""
+@dataclass(frozen=True)
+class ComponentSources:
+    """What :meth:`EmCoTModel.from_components` builds a model from (see there for each field)."""
+
+    llm: Path
+    vision: Path | None = None
+    vae: Path | None = None
+    preset: str = "halo-4.5b"
+    qk_norm: bool | None = None
+    expert_overrides: dict[str, dict] = field(default_factory=dict)
+    vision_overrides: dict = field(default_factory=dict)
+
+
+class _Parts(NamedTuple):
+    config: Any
+    num_layers: int
+    llm_tied: bool  # whether the LLM checkpoint ties its embeddings (overrides may untie the model)
+    vision_encoder: Any
+    codec: Any
+
+
+def _component_config(sources: ComponentSources, overrides: dict) -> _Parts:
+    """The model config: the preset, the LLM's geometry per expert, the encoders' own configs."""
     from emcot.config import EmCoTConfig
-    from emcot.experts.block import copy_expert_weights
     from emcot.experts.config import EXPERT_NAMES
     from emcot.presets import PRESETS
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; available presets: {sorted(PRESETS)}")
-    llm = Path(llm)
-    expert, shared = llm_expert_config(read_json(llm / "config.json"), qk_norm)
-    expert_overrides = expert_overrides or {}
-    unknown = sorted(set(expert_overrides) - set(EXPERT_NAMES))
+    if sources.preset not in PRESETS:
+        raise ValueError(f"unknown preset '{sources.preset}'; available presets: {sorted(PRESETS)}")
+    expert, shared = llm_expert_config(read_json(sources.llm / "config.json"), sources.qk_norm)
+    unknown = sorted(set(sources.expert_overrides) - set(EXPERT_NAMES))
     if unknown:
         raise ValueError(
             f"expert_overrides names unknown experts {unknown}; experts are {list(EXPERT_NAMES)}"
         )
     experts = {
-        name: ExpertConfig.from_dict({**expert.to_dict(), **expert_overrides.get(name, {})})
+        name: ExpertConfig.from_dict({**expert.to_dict(), **sources.expert_overrides.get(name, {})})
         for name in EXPERT_NAMES
     }
-    kwargs = PRESETS[preset]()
+    kwargs = PRESETS[sources.preset]()
     kwargs.update(experts=experts, **shared)
     vision_encoder = codec = None
-    if vision is not None:
+    if sources.vision is not None:
         from emcot.tokenizers.vision import VisionEncoder
 
-        vision_encoder = VisionEncoder.from_pretrained(vision, **vision_overrides)
+        vision_encoder = VisionEncoder.from_pretrained(sources.vision, **sources.vision_overrides)
         kwargs["vision"] = vision_encoder.config
-    if vae is not None:
+    if sources.vae is not None:
         from emcot.tokenizers.vae import LatentCodec
 
-        codec = LatentCodec.from_pretrained(vae)
+        codec = LatentCodec.from_pretrained(sources.vae)
         kwargs["vae"] = codec.config
     kwargs.update(overrides)
-    model = cls(EmCoTConfig(**kwargs))
-
-    ours = llm_state_dict_to_ours(
-        load_safetensors_folder(llm), expert.num_layers, shared["tie_word_embeddings"]
+    return _Parts(
+        EmCoTConfig(**kwargs), expert.num_layers, shared["tie_word_embeddings"], vision_encoder, codec
     )
+
+
+def build_from_components(cls, sources: ComponentSources, overrides: dict):
+    """Implementation of :meth:`EmCoTModel.from_components` (see there); ``cls`` is the model class."""
+    from emcot.experts.block import copy_expert_weights
+
+    parts = _component_config(sources, overrides)
+    model = cls(parts.config)
+    ours = llm_state_dict_to_ours(load_safetensors_folder(sources.llm), parts.num_layers, parts.llm_tied)
     target = model.state_dict()
     unexpected = sorted(k for k in ours if k not in target)
     if unexpected:
@@ -129,8 +154,8 @@ def build_from_components(
     with torch.no_grad():
         for name in ("gen", "act"):
             model.backbone.norms[name].weight.copy_(model.backbone.norms["und"].weight)
-    if vision_encoder is not None:
-        model.vision.load_state_dict(vision_encoder.state_dict())
-    if codec is not None:
-        model.latent_codec.load_state_dict(codec.state_dict())
+    if parts.vision_encoder is not None:
+        model.vision.load_state_dict(parts.vision_encoder.state_dict())
+    if parts.codec is not None:
+        model.latent_codec.load_state_dict(parts.codec.state_dict())
     return model

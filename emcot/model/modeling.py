@@ -186,6 +186,7 @@ class EmCoTModel(PreTrainedModel):
         plan: SequencePlan,
         query_start: int = 0,
         cache: KVCache | None = None,
+        *,
         write_cache: bool = False,
         key_drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -261,6 +262,7 @@ class EmCoTModel(PreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         max_new_tokens: int = 32,
+        *,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -322,6 +324,7 @@ class EmCoTModel(PreTrainedModel):
         llm: str | Path,
         vision: str | Path | None = None,
         vae: str | Path | None = None,
+        *,
         preset: str = "halo-4.5b",
         qk_norm: bool | None = None,
         expert_overrides: dict[str, dict] | None = None,
@@ -339,11 +342,18 @@ class EmCoTModel(PreTrainedModel):
         ``{"drop_last_layer": True, "max_grid": 70}``); other keyword arguments override
         :class:`EmCoTConfig` fields.
         """
-        from emcot.interop.components import build_from_components
+        from emcot.interop.components import ComponentSources, build_from_components
 
-        return build_from_components(
-            cls, llm, vision, vae, preset, qk_norm, expert_overrides, vision_overrides or {}, overrides
+        sources = ComponentSources(
+            llm=Path(llm),
+            vision=Path(vision) if vision is not None else None,
+            vae=Path(vae) if vae is not None else None,
+            preset=preset,
+            qk_norm=qk_norm,
+            expert_overrides=expert_overrides or {},
+            vision_overrides=vision_overrides or {},
         )
+        return build_from_components(cls, sources, overrides)
 
 
 def _register() -> None:

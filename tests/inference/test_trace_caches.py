@@ -88,7 +88,11 @@ def test_cached_velocities_equal_one_full_forward(setup):
             before = [k.clone() for k in cache.keys]
             query = SequencePlan(cached.segments + [seg])
             out = model.run_plan(
-                embeds[offsets[i] : offsets[i] + seg.length][None], query, len(cached), cache, False
+                embeds[offsets[i] : offsets[i] + seg.length][None],
+                query,
+                len(cached),
+                cache,
+                write_cache=False,
             )
             assert len(cache) == len(cached) and all(torch.equal(a, b) for a, b in zip(before, cache.keys))
             if seg.role == "subgoal_noisy":
@@ -98,7 +102,9 @@ def test_cached_velocities_equal_one_full_forward(setup):
             continue
         start = len(cached)
         cached.append(seg)
-        model.run_plan(embeds[offsets[i] : offsets[i] + seg.length][None], cached, start, cache, True)
+        model.run_plan(
+            embeds[offsets[i] : offsets[i] + seg.length][None], cached, start, cache, write_cache=True
+        )
     assert (v_sub_cached - v_sub_full).abs().max() <= 1e-5
     assert (v_act_cached - v_act_full).abs().max() <= 1e-5
     assert v_sub_full.abs().mean() > 1e-3  # the comparison is not between zeros
