@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from emcot.cli.args import output_folder, positive_int
 from emcot.training.recipes import load_recipe, shipped_recipes
 
 
@@ -18,9 +19,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "recipe", help=f"a recipe YAML path or a shipped recipe name ({', '.join(shipped_recipes())})"
     )
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="total optimizer steps (overrides the recipe)"
+        "--max-steps", type=positive_int, default=None, help="total optimizer steps (overrides the recipe)"
     )
-    parser.add_argument("--output-dir", default=None, help="run folder (default: runs/<recipe name>)")
+    parser.add_argument(
+        "--output-dir", type=output_folder, default=None, help="run folder (default: runs/<recipe name>)"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --output-dir"
     )

@@ -52,7 +52,6 @@ What has no counterpart, and what we do instead:
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from pathlib import Path
@@ -472,39 +471,3 @@ def convert_halo_checkpoint(
     stats = RobotNormStats({robot: {"action": identity, "state": None}})
     processor = EmCoTProcessor(config, tokenizer, stats, ProcessorConfig(cameras=list(cameras), robot=robot))
     return EmCoTPolicy(model, processor).save_pretrained(dst)
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``emcot convert halo SRC DST``."""
-    parser.add_argument(
-        "src", help="HALO folder: ema.safetensors, llm_config.json, ae.safetensors, tokenizer"
-    )
-    parser.add_argument("dst", help="output policy folder")
-    parser.add_argument(
-        "--base", default=None, help="pretrained HALO folder the fine-tune in SRC is applied over"
-    )
-    parser.add_argument(
-        "--robot", default="robotwin", help="robot name for the (identity) normalisation stats"
-    )
-    parser.add_argument(
-        "--camera", action="append", default=None, help="camera name, repeat per camera (default: head)"
-    )
-    parser.add_argument("--subgoal-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    parser.add_argument("--horizon", type=int, default=ROBOTWIN_HORIZON, help="action chunk length")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Run the conversion described by parsed :func:`add_convert_arguments` arguments."""
-    out = convert_halo_checkpoint(
-        args.src,
-        args.dst,
-        robot=args.robot,
-        cameras=tuple(args.camera or ("head",)),
-        base=args.base,
-        subgoal_size=tuple(args.subgoal_size),
-        action_horizon=args.horizon,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
-    )
-    print(f"converted HALO checkpoint {args.src} → emcot policy {out}")
-    return 0

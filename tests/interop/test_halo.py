@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from emcot.interop.halo import add_convert_arguments, convert_halo_checkpoint, run_convert
+from emcot.cli.convert import add_convert_arguments, run_convert
+from emcot.interop.halo import convert_halo_checkpoint
 from emcot.model.loading import load_model
 from emcot.model.modeling import EmCoTModel
 from emcot.policy.policy import EmCoTPolicy

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emcot.cli.annotate import add_annotate_arguments, run_annotate
 from emcot.training.annotation.annotations import read_annotations
-from emcot.training.annotation.pipeline import add_annotate_arguments, run_annotate
 from emcot.training.data.emcot_samples import AnnotatedDataset, SampleConfig, action_chunk, format_reasoning
 from emcot.training.data.lerobot import LeRobotDataset
 from emcot.types import EmCoTSample
