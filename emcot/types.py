@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
+
+from emcot.io_utils import parse_choice
 
 
 @dataclass
@@ -41,6 +44,18 @@ class Observation:
             self.state = state
 
 
+class SampleKind(str, Enum):
+    """What a training sample teaches; the collator lays out each kind with its own encoder."""
+
+    TRACE = "trace"  # EM-CoT trace, or action-only when it has no reasoning
+    VQA = "vqa"  # question(s) about images, answers carry the loss
+    GENERATION = "generation"  # context frames + prompt → a future frame
+
+
+# Keys that once travelled in ``metadata`` and are typed fields now, so a stale producer fails loudly.
+_TYPED_METADATA = {"kind": "kind", "is_pad": "action_pad", "vae_context": "vae_context"}
+
+
 @dataclass
 class EmCoTSample:
     """One raw training example in robot units, before tokenisation.
@@ -48,7 +63,10 @@ class EmCoTSample:
     Every part but the observation and the instruction is optional, so the same type carries
     EM-CoT traces (reasoning + subgoal + actions), reactive action-only samples, VQA
     (``instruction`` = question, ``reasoning`` = answer, no actions) and visual-generation
-    samples (``subgoal`` = the future frame to predict).
+    samples (``subgoal`` = the future frame to predict); ``kind`` says which. ``action_pad``
+    (bool, one per action step) marks steps repeated past the episode end, which carry no loss;
+    ``vae_context`` False leaves a generation sample's clean latent copies of its frames out.
+    ``metadata`` holds provenance (episode, frame …) and VQA ``turns``.
     """
 
     observation: Observation
@@ -57,4 +75,16 @@ class EmCoTSample:
     subgoal: np.ndarray | None = None
     actions: np.ndarray | None = None
     robot: str = "default"
+    kind: SampleKind = SampleKind.TRACE
+    action_pad: np.ndarray | None = None
+    vae_context: bool = True
     metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = parse_choice(SampleKind, self.kind, "sample kind")
+        stale = [key for key in _TYPED_METADATA if key in self.metadata]
+        if stale:
+            fields = [_TYPED_METADATA[key] for key in stale]
+            raise ValueError(
+                f"metadata keys {stale} moved to the EmCoTSample fields {fields}; set those instead"
+            )

@@ -3,7 +3,7 @@ sequence holding several samples, with everything the forward needs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,10 +12,10 @@ import torch
 from emcot.io_utils import UNIT_INTERVAL, check_fields
 from emcot.model.inputs import SampleBatch
 from emcot.policy.processor import EmCoTProcessor
-from emcot.sequence.layouts import SampleLayout, check_kind, generation_layout, trace_layout, vqa_layout
+from emcot.sequence.layouts import SampleLayout, generation_layout, trace_layout, vqa_layout
 from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
 from emcot.tokenizers.vae import resize_rgb, to_unit_range
-from emcot.types import EmCoTSample
+from emcot.types import EmCoTSample, SampleKind
 
 
 def sample_mode(sample: EmCoTSample) -> str:
@@ -53,11 +53,6 @@ class ConditionDropout:
         return rng.random() < self.text, rng.random() < self.vit, rng.random() < self.vae
 
 
-def sample_kind(sample: EmCoTSample) -> str:
-    """``metadata["kind"]``: ``trace`` (default; action-only when it has no reasoning), ``vqa`` or ``generation``."""
-    return check_kind(sample.metadata.get("kind", "trace"))
-
-
 def vqa_turns(sample: EmCoTSample) -> list[tuple[str, str]]:
     """``metadata["turns"]`` as (question, answer) pairs, else the single pair (instruction, reasoning)."""
     turns = sample.metadata.get("turns")
@@ -82,6 +77,10 @@ class _Encoded:
     drop: list[bool] = field(default_factory=list)
 
 
+# An encoder lays out one sample of its kind: (sample, dropout generator or None, encode images?).
+_Encoder = Callable[[EmCoTSample, np.random.Generator | None, bool], _Encoded]
+
+
 class SampleCollator:
     """Turns :class:`EmCoTSample` lists of any kind into packed :class:`SampleBatch` es with the shared planner."""
 
@@ -95,6 +94,11 @@ class SampleCollator:
             ds, p = config.vae.downsample, config.vae.patch_size
             h, w = config.vae.image_size
             self.latent_grid = (h // ds // p, w // ds // p)
+        self._encoders: dict[SampleKind, _Encoder] = {
+            SampleKind.TRACE: self._encode_trace,
+            SampleKind.VQA: self._encode_vqa,
+            SampleKind.GENERATION: self._encode_generation,
+        }
 
     @property
     def latent_tokens(self) -> int:
@@ -158,12 +162,7 @@ class SampleCollator:
         return self.processor.vision(image) if encode else (None, self._grid(image))
 
     def _encode(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool = True) -> _Encoded:
-        kind = sample_kind(sample)
-        if kind == "vqa":
-            return self._encode_vqa(sample, encode)
-        if kind == "generation":
-            return self._encode_generation(sample, rng, encode)
-        return self._encode_trace(sample, rng if self.dropout.action_samples else None, encode)
+        return self._encoders[sample.kind](sample, rng, encode)
 
     def _vae_image(self, image: np.ndarray) -> np.ndarray:
         if self.processor.config.vae is None:
@@ -175,10 +174,10 @@ class SampleCollator:
         mode = sample_mode(sample)
         proc.validate_observation(sample.observation)
         if sample.actions is None:
-            raise ValueError(
-                "trace samples need an action chunk; mark VQA samples with metadata['kind'] = 'vqa'"
-            )
-        drop_text, drop_vit, _ = self.dropout.draw(rng if mode == "reactive" else None)
+            raise ValueError("trace samples need an action chunk; mark VQA samples with kind=SampleKind.VQA")
+        # Only action-only samples are dropped, and only when the recipe asks for it.
+        dropped = mode == "reactive" and self.dropout.action_samples
+        drop_text, drop_vit, _ = self.dropout.draw(rng if dropped else None)
         cameras = [] if drop_vit else proc.cameras
         vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
         latents: list[torch.Tensor] = []
@@ -200,15 +199,15 @@ class SampleCollator:
         if encode:
             out.state = proc.encode_state(sample.observation, sample.robot)
             out.action = proc.encode_actions(sample.actions, sample.robot)
-            pad = sample.metadata.get("is_pad")
             out.pad = (
-                torch.as_tensor(pad, dtype=torch.bool)
-                if pad is not None
+                torch.as_tensor(sample.action_pad, dtype=torch.bool)
+                if sample.action_pad is not None
                 else torch.zeros(len(sample.actions), dtype=torch.bool)
             )
         return out
 
-    def _encode_vqa(self, sample: EmCoTSample, encode: bool) -> _Encoded:
+    def _encode_vqa(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool) -> _Encoded:
+        # VQA text is what the sample learns, so it is never dropped and ``rng`` goes unused.
         tok = self.processor.tokenizer
         vit = [self._vit(image, encode) for image in sample.observation.images.values()]
         turns = [(tok.frame_question(q), tok.encode(a)) for q, a in vqa_turns(sample)]
@@ -225,7 +224,7 @@ class SampleCollator:
         frames = list(sample.observation.images.values())
         drop_text, drop_vit, drop_vae = self.dropout.draw(rng)
         vit = [] if drop_vit else [self._vit(frame, encode) for frame in frames]
-        use_vae = sample.metadata.get("vae_context", True) and not drop_vae
+        use_vae = sample.vae_context and not drop_vae
         context = [self._vae_image(frame) for frame in frames] if use_vae else []
         target = self._vae_image(sample.subgoal)
         proc = self.processor

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from emcot.sequence.plan import AttnMode, Modality, Segment
 
 TRACE_MODES = ("full", "reason", "reactive")
-SAMPLE_KINDS = ("trace", "vqa", "generation")
 
 
 @dataclass(frozen=True)
@@ -130,13 +129,6 @@ def trace_layout(
         add(*text([special.action_start], "action_start"))
     add(action_segment(horizon))
     return SampleLayout(segments, ids)
-
-
-def check_kind(kind: str) -> str:
-    """Validate a sample kind name."""
-    if kind not in SAMPLE_KINDS:
-        raise ValueError(f"unknown sample kind '{kind}'; set metadata['kind'] to one of {SAMPLE_KINDS}")
-    return kind
 
 
 def vqa_layout(

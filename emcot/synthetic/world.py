@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emcot.types import EmCoTSample, Observation
+from emcot.types import EmCoTSample, Observation, SampleKind
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SIDES = {"left": (0.2, None), "right": (0.8, None), "top": (None, 0.2), "bottom": (None, 0.8)}
@@ -50,7 +50,7 @@ def where(xy) -> str:
 
 
 def make_sample(
-    cfg: SyntheticConfig, color: str, side: str, block_xy, gripper_xy, robot: str = "synthetic"
+    cfg: SyntheticConfig, color: str, side: str, block_xy, gripper_xy, *, robot: str = "synthetic"
 ) -> EmCoTSample:
     """One EM-CoT sample of the pushing task."""
     block_xy = np.asarray(block_xy, dtype=np.float32)
@@ -157,7 +157,7 @@ def synthetic_action_samples(n: int, cfg: SyntheticConfig | None = None, seed: i
 
 
 def synthetic_vqa_samples(n: int, cfg: SyntheticConfig | None = None, seed: int = 0) -> list[EmCoTSample]:
-    """VQA samples about the scene (``metadata["kind"] = "vqa"``), one or two turns each."""
+    """VQA samples about the scene, one or two turns each."""
     out = []
     for i, sample in enumerate(synthetic_samples(n, cfg, seed)):
         color = sample.instruction.split()[2]
@@ -172,7 +172,8 @@ def synthetic_vqa_samples(n: int, cfg: SyntheticConfig | None = None, seed: int 
                 ),
                 instruction=turns[0][0],
                 reasoning=turns[0][1],
-                metadata={"kind": "vqa", "turns": turns},
+                kind=SampleKind.VQA,
+                metadata={"turns": turns},
             )
         )
     return out
@@ -181,7 +182,7 @@ def synthetic_vqa_samples(n: int, cfg: SyntheticConfig | None = None, seed: int 
 def synthetic_generation_samples(
     n: int, cfg: SyntheticConfig | None = None, seed: int = 0
 ) -> list[EmCoTSample]:
-    """Future-frame prediction (``metadata["kind"] = "generation"``): current view + prompt → the pushed scene."""
+    """Future-frame prediction (generation samples): current view + prompt → the pushed scene."""
     out = []
     for sample in synthetic_samples(n, cfg, seed):
         out.append(
@@ -189,7 +190,7 @@ def synthetic_generation_samples(
                 observation=Observation(dict(sample.observation.images)),
                 instruction=f"Imagine the next scene: {sample.instruction}.",
                 subgoal=sample.subgoal,
-                metadata={"kind": "generation"},
+                kind=SampleKind.GENERATION,
             )
         )
     return out
@@ -220,6 +221,7 @@ def synthetic_robot_samples(
     action_dim: int,
     state_dim: int,
     horizon: int,
+    *,
     cfg: SyntheticConfig | None = None,
     seed: int = 0,
     robot: str = "new_robot",

@@ -16,7 +16,7 @@ from emcot.model.flow import FlowSamplerConfig
 from emcot.policy.policy import EmCoTPolicy
 from emcot.synthetic.world import synthetic_samples
 from emcot.training.collate import ConditionDropout, SampleCollator
-from emcot.types import EmCoTSample, Observation
+from emcot.types import EmCoTSample, Observation, SampleKind
 
 _spec = importlib.util.spec_from_file_location(
     "teacher_forcing", Path(__file__).with_name("teacher_forcing.py")
@@ -41,7 +41,7 @@ def scene():
         observation=Observation(dict(frames)),
         instruction=PROMPT,
         subgoal=b.subgoal,
-        metadata={"kind": "generation"},
+        kind=SampleKind.GENERATION,
     )
     return frames, sample
 
@@ -49,7 +49,7 @@ def scene():
 @pytest.mark.parametrize("vae_context", [True, False])
 def test_prediction_layout_equals_the_training_layout(policy, scene, vae_context):
     frames, sample = scene
-    sample = dataclasses.replace(sample, metadata={"kind": "generation", "vae_context": vae_context})
+    sample = dataclasses.replace(sample, vae_context=vae_context)
     batch = SampleCollator(policy.processor)([sample])
     policy.predict_frame(frames, PROMPT, seed=0, steps=2, vae_context=vae_context)
     predicted = policy._frames.last_layout.segments
@@ -65,7 +65,7 @@ def test_cached_branch_velocities_equal_the_training_forward(policy, scene, vae_
     """cond, no-text and no-image at one (x_t, t) equal the teacher-forced forward of the same
     generation sample without dropout, with its text dropped, and with its ViT and VAE frames dropped."""
     frames, sample = scene
-    sample = dataclasses.replace(sample, metadata={"kind": "generation", "vae_context": vae_context})
+    sample = dataclasses.replace(sample, vae_context=vae_context)
     model = policy.model
     predictor = policy._frames
     ctx = predictor.prefill(frames, PROMPT, vae_context)

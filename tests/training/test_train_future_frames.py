@@ -11,6 +11,7 @@ import pytest
 from emcot.training.collate import SampleCollator
 from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
 from emcot.training.data.lerobot import LeRobotDataset
+from emcot.types import SampleKind
 
 _spec = importlib.util.spec_from_file_location(
     "lerobot_fixtures", Path(__file__).with_name("lerobot_fixtures.py")
@@ -39,9 +40,7 @@ def test_samples_hold_context_frames_and_the_future_target(dataset):
     for j, f in enumerate((t - 4, t - 2, t)):
         assert np.array_equal(sample.observation.images[f"frame_{j}"], video[f])
     assert np.array_equal(sample.subgoal, video[t + 4])
-    assert sample.metadata["kind"] == "generation" and sample.instruction.startswith(
-        "Imagine the next scene:"
-    )
+    assert sample.kind is SampleKind.GENERATION and sample.instruction.startswith("Imagine the next scene:")
 
 
 def test_future_frames_train_the_generation_expert(dataset):

@@ -21,6 +21,7 @@ from emcot.synthetic.world import (
 from emcot.training.collate import ConditionDropout, SampleCollator
 from emcot.training.data.vqa import LlavaVQADataset, conversation_turns
 from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
+from emcot.types import SampleKind
 
 SPECIAL = SpecialIds(1, 2, 3, 4, 5, 0)
 
@@ -194,7 +195,7 @@ def test_llava_json_reader(tmp_path, policy):
     data = LlavaVQADataset(tmp_path / "vqa.json")
     assert len(data) == 2
     sample = data[0]
-    assert sample.metadata["kind"] == "vqa" and sample.observation.images["image0"].shape == (20, 24, 3)
+    assert sample.kind is SampleKind.VQA and sample.observation.images["image0"].shape == (20, 24, 3)
     assert sample.metadata["turns"][0] == ("What colour is the block?", "The block is red.")
     batch = SampleCollator(policy.processor)([data[0], data[1]])
     assert [s.role for s in batch.plan.segments].count("answer") == 3

@@ -3,7 +3,7 @@
 For frame ``t`` (every ``stride`` frames) a sample holds the chosen cameras' images at ``t`` and
 the state, the episode instruction, the reasoning text of the subtask covering ``t`` (see
 ``format_reasoning``), the subtask's terminal frame as subgoal, and ``actions[t : t + horizon]``
-padded by repeating the last action past the episode end (``metadata["is_pad"]`` marks padding).
+padded by repeating the last action past the episode end (``action_pad`` marks padding).
 Mode ``"action"`` yields action-only samples and needs no annotation.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from emcot.io_utils import AT_LEAST_ONE, check_fields
+from emcot.tokenizers.actions import chunk_windows
 from emcot.training.annotation.annotations import EpisodeAnnotation, read_annotations
 from emcot.training.data.lerobot import LeRobotDataset, LeRobotEpisode
 from emcot.types import EmCoTSample
@@ -63,8 +64,10 @@ def action_chunk(actions: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray,
     n = len(actions)
     if not 0 <= t < n:
         raise ValueError(f"Frame {t} is outside an action sequence of length {n}.")
-    steps = np.arange(t, t + horizon)
-    return actions[np.minimum(steps, n - 1)], steps >= n
+    # The first window of the slice from t is the episode's window at t, without windowing all T
+    # frames; copies, so a cached sample does not keep the slice's other windows alive.
+    chunks, is_pad = chunk_windows(actions[t : t + horizon], horizon)
+    return np.array(chunks[0]), np.array(is_pad[0])
 
 
 def episode_samples(
@@ -97,12 +100,11 @@ def episode_samples(
         if subgoal_camera is None or subgoal_camera not in episode.cameras:
             raise ValueError(f"subgoal_camera {subgoal_camera!r} is not one of {sorted(episode.cameras)}.")
     for t in range(0, len(episode), config.stride):
-        actions, is_pad = action_chunk(episode.actions, t, config.horizon)
+        actions, action_pad = action_chunk(episode.actions, t, config.horizon)
         metadata = {
             "episode_index": episode.episode_index,
             "frame_index": int(episode.frame_indices[t]),
             "timestamp": float(episode.timestamps[t]),
-            "is_pad": is_pad,
         }
         reasoning = subgoal = None
         if emcot:
@@ -118,6 +120,7 @@ def episode_samples(
             subgoal=subgoal,
             actions=actions,
             robot=robot,
+            action_pad=action_pad,
             metadata=metadata,
         )
 

@@ -7,11 +7,12 @@ so the subgoal expert learns how scenes evolve before it is asked to imagine sub
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from emcot.io_utils import AT_LEAST_ONE, check_fields
 from emcot.training.data.lerobot import LeRobotDataset, LeRobotEpisode
-from emcot.types import EmCoTSample, Observation
+from emcot.types import EmCoTSample, Observation, SampleKind
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class FutureFrameConfig:
 
 
 class FutureFrameDataset:
-    """Map-style dataset of generation samples (``metadata["kind"] = "generation"``) over a LeRobot dataset.
+    """Map-style dataset of generation samples (``kind=SampleKind.GENERATION``) over a LeRobot dataset.
 
     Episodes are decoded lazily and the last one is kept, so iterating in order decodes each
     video once.
@@ -69,6 +70,9 @@ class FutureFrameDataset:
     def __len__(self) -> int:
         return len(self.index)
 
+    def __iter__(self) -> Iterator[EmCoTSample]:
+        return (self[i] for i in range(len(self)))
+
     def _episode(self, episode_index: int) -> LeRobotEpisode:
         if self._cached is None or self._cached.episode_index != episode_index:
             self._cached = self.dataset.episode(episode_index)
@@ -85,5 +89,6 @@ class FutureFrameDataset:
             instruction=cfg.prompt.format(instruction=episode.instruction.rstrip(".")),
             subgoal=frames[t + cfg.offset],
             robot=self.dataset.name,
-            metadata={"kind": "generation", "episode": episode_index, "frame": t, "target": t + cfg.offset},
+            kind=SampleKind.GENERATION,
+            metadata={"episode": episode_index, "frame": t, "target": t + cfg.offset},
         )

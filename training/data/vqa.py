@@ -1,4 +1,4 @@
-"""LLaVA-style conversation JSON → VQA :class:`EmCoTSample` s (``metadata["kind"] = "vqa"``).
+"""LLaVA-style conversation JSON → VQA :class:`EmCoTSample` s (``kind=SampleKind.VQA``).
 
 Each record looks like ``{"id": …, "image": "a.jpg" | ["a.jpg", "b.jpg"] (optional),
 "conversations": [{"from": "human", "value": "<image>\\nWhat is …?"}, {"from": "gpt", "value": "…"}, …]}``.
@@ -9,13 +9,14 @@ a sample is accessed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from emcot.io_utils import read_json, read_json_lines
-from emcot.types import EmCoTSample, Observation
+from emcot.types import EmCoTSample, Observation, SampleKind
 
 IMAGE_TOKEN = "<image>"
 _HUMAN = ("human", "user")
@@ -57,6 +58,9 @@ class LlavaVQADataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def __iter__(self) -> Iterator[EmCoTSample]:
+        return (self[i] for i in range(len(self)))
+
     def __getitem__(self, i: int) -> EmCoTSample:
         record = self.records[i]
         if "conversations" not in record:
@@ -72,5 +76,6 @@ class LlavaVQADataset:
             observation=Observation(images),
             instruction=turns[0][0],
             reasoning=turns[0][1],
-            metadata={"kind": "vqa", "turns": turns, "id": record.get("id", i)},
+            kind=SampleKind.VQA,
+            metadata={"turns": turns, "id": record.get("id", i)},
         )

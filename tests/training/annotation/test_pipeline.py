@@ -75,7 +75,7 @@ def test_annotate_resume_and_build_samples(tmp_path, capsys):
         assert sample.actions.shape == (4, 4)
     last = samples[11]
     assert last.metadata["frame_index"] == 22
-    assert last.metadata["is_pad"].tolist() == [False, False, True, True]
+    assert last.action_pad.tolist() == [False, False, True, True]
     np.testing.assert_array_equal(last.actions[2:], np.repeat(episodes[0].actions[-1:], 2, axis=0))
     moving = samples[3]  # frame 6: the gripper moves down and forward
     assert "<|movement|>move the gripper down and forward" in moving.reasoning
