@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emcot.io_utils import AT_LEAST_ONE, check_fields
 from emcot.types import EmCoTSample
+
+if TYPE_CHECKING:  # only a type here; the registry module imports every data reader
+    from emcot.training.data.sources import Source
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class TokenPacker:
 
     def __init__(
         self,
-        sources: Sequence[Sequence[EmCoTSample]],
+        sources: Sequence[Source],
         weights: Sequence[float],
         num_tokens: Callable[[EmCoTSample], int],
         config: PackingConfig,

@@ -1,4 +1,7 @@
-"""Training recipes: typed configs read from YAML (a path or a shipped name), data sources, the initial policy.
+"""Training recipes: typed configs read from YAML (a path or a shipped name).
+
+Data sources are registered in :mod:`emcot.training.data.sources`, the initial policies in
+:mod:`emcot.training.policy_files`.
 
 Shipped recipes live in ``emcot/training/recipes/*.yaml``: ``stage1-tiny``, ``stage2-tiny``,
 ``finetune-tiny`` (CPU, minutes, synthetic data by default) and ``stage1-halo-4.5b``,
@@ -26,21 +29,12 @@ from emcot.io_utils import (
     dataclass_from_dict,
 )
 from emcot.training.collate import ConditionDropout
+from emcot.training.data.sources import DataSpec
 from emcot.training.divergence import OnDivergence
 from emcot.training.finetune import FinetuneConfig
 from emcot.training.packing import PackingConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-DATA_KINDS = (
-    "synthetic_trace",
-    "synthetic_action",
-    "synthetic_vqa",
-    "synthetic_generation",
-    "synthetic_robot",
-    "lerobot",
-    "lerobot_future",
-    "vqa_json",
-)
 
 
 def _build(cls, data: Any, where: str):
@@ -61,9 +55,10 @@ def _build(cls, data: Any, where: str):
 class ModelSpec:
     """Where the initial weights come from.
 
-    ``init``: ``synthetic`` (a fresh tiny policy with a tokenizer for the synthetic task),
-    ``default`` (the bundled tiny policy), ``components`` (HALO's initialisation from a Qwen LLM,
-    SigLIP and VAE folders given in ``components``) or the path of a saved policy / training output.
+    ``init``: a named source (:class:`~emcot.training.policy_files.InitSource`): ``synthetic`` (a
+    fresh tiny policy with a tokenizer for the synthetic task), ``default`` (the bundled tiny
+    policy), ``components`` (HALO's initialisation from a Qwen LLM, SigLIP and VAE folders given in
+    ``components``); else the path of a saved policy / training output.
     """
 
     init: str = "synthetic"
@@ -74,25 +69,6 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """One data source: its ``kind`` (see ``DATA_KINDS``), mixture ``weight`` and kind-specific options."""
-
-    kind: str
-    weight: float = 1.0
-    path: str | None = None
-    num_samples: int = 64
-    seed: int = 0
-    options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_fields(self, "dataset", weight=POSITIVE, num_samples=AT_LEAST_ONE, seed=NON_NEGATIVE)
-        if self.kind not in DATA_KINDS:
-            raise ValueError(f"unknown data kind '{self.kind}'; choose one of {list(DATA_KINDS)}")
-        if self.kind in ("lerobot", "lerobot_future", "vqa_json") and not self.path:
-            raise ValueError(f"data kind '{self.kind}' needs a path to the dataset")
 
 
 @dataclass(frozen=True)
@@ -273,97 +249,3 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         return Recipe.from_dict(data)
     except ValueError as err:
         raise ValueError(f"recipe {path}: {err}") from None
-
-
-def build_source(spec: DataSpec, recipe: Recipe, horizon: int):
-    """The samples of one data source (a list or a map-style dataset)."""
-    from emcot.synthetic import world as synthetic
-
-    n, seed, opts = spec.num_samples, spec.seed, dict(spec.options)
-    if spec.kind == "synthetic_trace":
-        return synthetic.synthetic_samples(n, seed=seed)
-    if spec.kind == "synthetic_action":
-        return synthetic.synthetic_action_samples(n, seed=seed)
-    if spec.kind == "synthetic_vqa":
-        return synthetic.synthetic_vqa_samples(n, seed=seed)
-    if spec.kind == "synthetic_generation":
-        return synthetic.synthetic_generation_samples(n, seed=seed)
-    if spec.kind == "synthetic_robot":
-        ft = recipe.finetune or FinetuneConfig()
-        return synthetic.synthetic_robot_samples(
-            n,
-            action_dim=opts.get("action_dim", ft.action_dim or 4),
-            state_dim=opts.get("state_dim", ft.state_dim if ft.state_dim is not None else 4),
-            horizon=opts.get("horizon", horizon),
-            seed=seed,
-            robot=opts.get("robot", ft.robot),
-        )
-    if spec.kind == "vqa_json":
-        from emcot.training.data.vqa import LlavaVQADataset
-
-        return LlavaVQADataset(spec.path, opts.get("image_root"), opts.get("max_samples"))
-    from emcot.training.data.emcot_samples import AnnotatedDataset, SampleConfig
-    from emcot.training.data.lerobot import LeRobotDataset
-
-    where = f" of data kind '{spec.kind}' ({spec.path})"
-    cameras = opts.pop("cameras", None)
-    if spec.kind == "lerobot_future":
-        from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
-
-        config = dataclass_from_dict(FutureFrameConfig, opts, "unknown options", where)
-        return FutureFrameDataset(LeRobotDataset(spec.path, cameras=cameras), config)
-    annotations = opts.pop("annotations", None)
-    config = dataclass_from_dict(SampleConfig, {"horizon": horizon, **opts}, "unknown options", where)
-    return AnnotatedDataset(LeRobotDataset(spec.path, cameras=cameras), annotations, config)
-
-
-def build_initial_policy(recipe: Recipe, init: str | None = None):
-    """The policy a run starts from (before any fine-tuning adaptation)."""
-    from emcot.policy.policy import EmCoTPolicy
-
-    source = init or recipe.model.init
-    overrides = dict(recipe.model.overrides)
-    if source == "synthetic":
-        from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
-
-        return build_synthetic_policy(
-            synthetic_samples(16, seed=recipe.train.seed), seed=recipe.train.seed, **overrides
-        )
-    if source == "default":
-        return EmCoTPolicy.default()
-    if source == "components":
-        return _policy_from_components(recipe, overrides)
-    path = Path(source)
-    if (path / "final").is_dir() and not (path / "config.json").is_file():
-        path = path / "final"
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"model.init '{source}' is not 'synthetic', 'default', 'components' or a saved policy folder; "
-            "pass --init PATH (e.g. the output folder of the previous stage)"
-        )
-    return EmCoTPolicy.from_pretrained(path)
-
-
-def _policy_from_components(recipe: Recipe, overrides: dict):
-    """HALO's initialisation: a Qwen LLM into all experts, a SigLIP encoder, a VAE; statistics come later."""
-    from emcot.model.modeling import EmCoTModel
-    from emcot.policy.policy import EmCoTPolicy
-    from emcot.policy.processor import EmCoTProcessor, ProcessorConfig
-    from emcot.tokenizers.actions import RobotNormStats
-    from emcot.tokenizers.text import HFTextTokenizer
-
-    parts = dict(recipe.model.components)
-    llm = parts.pop("llm", None)
-    if not llm or not Path(llm).is_dir():
-        raise ValueError(
-            f"model.components.llm '{llm}' is not a folder; download Qwen2.5-1.5B-Instruct and set its path in the recipe"
-        )
-    for key in ("vision", "vae"):
-        if parts.get(key) and not Path(parts[key]).is_dir():
-            raise ValueError(
-                f"model.components.{key} '{parts[key]}' is not a folder; fix the path in the recipe"
-            )
-    model = EmCoTModel.from_components(llm=llm, **parts, **overrides)
-    tokenizer = HFTextTokenizer.from_pretrained(llm)
-    settings = ProcessorConfig(cameras=list(recipe.model.cameras))
-    return EmCoTPolicy(model, EmCoTProcessor(model.config, tokenizer, RobotNormStats(), settings))

@@ -33,12 +33,13 @@ from emcot.training.checkpoints import (
     truncate_metrics,
 )
 from emcot.training.collate import SampleCollator
+from emcot.training.data.sources import build_source
 from emcot.training.divergence import DivergenceGuard, StepHealth, any_process, refuse_nonfinite
 from emcot.training.ema import EMA
 from emcot.training.finetune import FinetuneConfig, apply_lora, set_trainable
 from emcot.training.packing import TokenPacker, shard_packs
 from emcot.training.policy_files import export_policy, prepare_initial_policy
-from emcot.training.recipes import Recipe, build_source
+from emcot.training.recipes import Recipe
 from emcot.training.sharding import full_model_state, full_tensor, root_parameters, shard_module
 
 TERMS = ("text", "subgoal", "action")

@@ -22,8 +22,9 @@ from corpus import BadInput
 from safetensors.torch import save_file
 
 from emcot.training.checkpoints import resumable_checkpoint, truncate_metrics
+from emcot.training.data.sources import DataSpec, build_source
 from emcot.training.divergence import DivergenceGuard, OnDivergence, StepHealth, refuse_nonfinite
-from emcot.training.recipes import RECIPE_DIR, DataSpec, Recipe, build_source, load_recipe
+from emcot.training.recipes import RECIPE_DIR, Recipe, load_recipe
 
 # One process, as an accelerate.Accelerator looks to the checkpoint and divergence helpers.
 ONE_PROCESS = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True, device="cpu")

@@ -10,7 +10,8 @@ import yaml
 
 from emcot.cli.train import add_train_arguments, run_train
 from emcot.policy.policy import EmCoTPolicy
-from emcot.training.recipes import RECIPE_DIR, Recipe, build_initial_policy, load_recipe, shipped_recipes
+from emcot.training.policy_files import build_initial_policy
+from emcot.training.recipes import RECIPE_DIR, Recipe, load_recipe, shipped_recipes
 from emcot.training.trainer import Schedule, train
 
 SHIPPED = {
