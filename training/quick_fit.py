@@ -20,6 +20,7 @@ from emcot.types import EmCoTSample
 def fit_latent_codec(
     codec,
     images: Sequence[np.ndarray],
+    *,
     steps: int = 300,
     batch_size: int = 32,
     lr: float = 2e-3,
@@ -56,6 +57,7 @@ def fit_latent_codec(
 def fit_policy(
     policy,
     samples: Sequence[EmCoTSample],
+    *,
     steps: int = 600,
     lr: float = 3e-3,
     batch_size: int = 8,

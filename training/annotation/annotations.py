@@ -94,6 +94,14 @@ class EpisodeAnnotation:
             if not self.error:
                 raise ValueError(f"{where}: a failed annotation must say why in 'error'.")
             return self
+        self._check_subtasks(where)
+        for p in self.primitives:
+            if p.end >= self.num_frames:
+                raise ValueError(f"{where}: primitive {p} runs past the episode end.")
+        return self
+
+    def _check_subtasks(self, where: str) -> None:
+        """Subtasks with text, in order and contiguous over every frame, each with its subgoal inside."""
         if not self.subtasks:
             raise ValueError(f"{where}: an ok annotation needs at least one subtask.")
         expected_start = 0
@@ -114,10 +122,6 @@ class EpisodeAnnotation:
             raise ValueError(
                 f"{where}: subtasks end at frame {expected_start - 1}, the episode at {self.num_frames - 1}."
             )
-        for p in self.primitives:
-            if p.end >= self.num_frames:
-                raise ValueError(f"{where}: primitive {p} runs past the episode end.")
-        return self
 
     def subtask_index_at(self, t: int) -> int:
         """Index of the subtask whose frame range contains frame ``t``."""

@@ -22,8 +22,8 @@ def require_pyarrow():
     """Import pyarrow (with its parquet and compute modules) or raise an ImportError saying how to install it."""
     try:
         import pyarrow
-        import pyarrow.compute
-        import pyarrow.parquet
+        import pyarrow.compute  # noqa: F401 - loads the submodule as pyarrow.compute
+        import pyarrow.parquet  # noqa: F401 - loads the submodule as pyarrow.parquet
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "Reading LeRobot datasets needs pyarrow: pip install 'emcot[data]' (or pip install pyarrow)."

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -98,15 +100,34 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_lerobot_dataset(
-    root: str | Path, episodes: list[EpisodeData], fps: int, config: WriterConfig | None = None
-) -> Path:
-    """Write ``episodes`` under ``root`` (created; must not already hold a dataset) and return it."""
-    config = config or WriterConfig()
-    pa = require_pyarrow()
-    root = Path(root)
-    if (root / "meta" / "info.json").exists():
-        raise ValueError(f"{root} already holds a LeRobot dataset; choose an empty folder.")
+@dataclass(frozen=True)
+class _Layout:
+    """What every file of one dataset shares, worked out once from its episodes."""
+
+    config: WriterConfig
+    fps: int
+    cameras: list[str]
+    state_dim: int
+    action_dim: int
+    codec: str | None
+    task_texts: list[str]
+
+    @property
+    def v3(self) -> bool:
+        return self.config.version == "v3.0"
+
+    @property
+    def image_columns(self) -> list[str]:
+        """Cameras stored as PNG bytes in the parquet rows."""
+        return self.cameras if self.config.camera_storage == "image" else []
+
+    @property
+    def video_cameras(self) -> list[str]:
+        """Cameras stored as mp4 files."""
+        return self.cameras if self.config.camera_storage == "video" else []
+
+
+def _layout(episodes: list[EpisodeData], fps: int, config: WriterConfig) -> _Layout:
     if not episodes:
         raise ValueError("write_lerobot_dataset needs at least one episode.")
     cameras = sorted(episodes[0].images)
@@ -120,108 +141,150 @@ def write_lerobot_dataset(
             raise ValueError(f"Episode {i} differs from episode 0 in cameras or state/action dimensions.")
     codec = (config.codec or available_codec()) if (cameras and config.camera_storage == "video") else None
     task_texts = list(dict.fromkeys(ep.instruction for ep in episodes))
-    task_index = {t: i for i, t in enumerate(task_texts)}
-    v3 = config.version == "v3.0"
+    return _Layout(config, fps, cameras, state_dim, action_dim, codec, task_texts)
 
+
+def write_lerobot_dataset(
+    root: str | Path, episodes: list[EpisodeData], fps: int, config: WriterConfig | None = None
+) -> Path:
+    """Write ``episodes`` under ``root`` (created; must not already hold a dataset) and return it."""
+    config = config or WriterConfig()
+    require_pyarrow()
+    root = Path(root)
+    if (root / "meta" / "info.json").exists():
+        raise ValueError(f"{root} already holds a LeRobot dataset; choose an empty folder.")
+    layout = _layout(episodes, fps, config)
     # Frames are grouped into files: one episode per file in v2.1, episodes_per_file in v3.
-    group_size = config.episodes_per_file if v3 else 1
-    groups = [list(range(s, min(s + group_size, len(episodes)))) for s in range(0, len(episodes), group_size)]
-    episode_rows, global_index = [], 0
-    for file_number, group in enumerate(groups):
-        columns: dict[str, list] = {
-            k: []
-            for k in (
-                "observation.state",
-                "action",
-                "timestamp",
-                "frame_index",
-                "episode_index",
-                "index",
-                "task_index",
-            )
-        }
-        columns |= {IMAGE_PREFIX + c: [] for c in cameras} if config.camera_storage == "image" else {}
-        video_frames = {c: [] for c in cameras}
-        chunk, file_index = divmod(file_number, config.chunks_size)
-        for ep_index in group:
-            ep = episodes[ep_index]
-            length = len(ep.states)
-            from_index, offset = global_index, sum(len(v) for v in video_frames[cameras[0]]) if cameras else 0
-            for t in range(length):
-                columns["observation.state"].append(ep.states[t].astype(np.float32).tolist())
-                columns["action"].append(ep.actions[t].astype(np.float32).tolist())
-                columns["timestamp"].append(t / fps)
-                columns["frame_index"].append(t)
-                columns["episode_index"].append(ep_index)
-                columns["index"].append(global_index)
-                columns["task_index"].append(task_index[ep.instruction])
-                for c in cameras:
-                    if config.camera_storage == "image":
-                        columns[IMAGE_PREFIX + c].append({"bytes": _png_bytes(ep.images[c][t]), "path": None})
-                global_index += 1
-            for c in cameras:
-                video_frames[c].append(ep.images[c])
-            stats = {"observation.state": _numeric_stats(ep.states), "action": _numeric_stats(ep.actions)}
-            stats |= {IMAGE_PREFIX + c: _image_stats(ep.images[c]) for c in cameras}
-            row = {"episode_index": ep_index, "tasks": [ep.instruction], "length": length, "stats": stats}
-            if v3:
-                row |= {"data/chunk_index": chunk, "data/file_index": file_index}
-                row |= {"dataset_from_index": from_index, "dataset_to_index": global_index}
-                for c in cameras if config.camera_storage == "video" else []:
-                    key = IMAGE_PREFIX + c
-                    row |= {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file_index}
-                    row |= {
-                        f"videos/{key}/from_timestamp": offset / fps,
-                        f"videos/{key}/to_timestamp": (offset + length) / fps,
-                    }
-            episode_rows.append(row)
-        schema = [
-            ("observation.state", pa.list_(pa.float32(), state_dim)),
-            ("action", pa.list_(pa.float32(), action_dim)),
-            ("timestamp", pa.float32()),
-            ("frame_index", pa.int64()),
-            ("episode_index", pa.int64()),
-            ("index", pa.int64()),
-            ("task_index", pa.int64()),
-        ]
-        if config.camera_storage == "image":
-            image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-            schema += [(IMAGE_PREFIX + c, image_type) for c in cameras]
-        table = pa.table({name: pa.array(columns[name], type=kind) for name, kind in schema})
-        fields = {
-            "chunk_index": chunk,
-            "file_index": file_index,
-            "episode_chunk": group[0] // config.chunks_size,
-            "episode_index": group[0],
-        }
-        data_path = root / (_V3_DATA if v3 else _V2_DATA).format(**fields)
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        pa.parquet.write_table(table, data_path)
-        for c in cameras if config.camera_storage == "video" else []:
-            video_path = root / (_V3_VIDEO if v3 else _V2_VIDEO).format(video_key=IMAGE_PREFIX + c, **fields)
-            encode_video(
-                video_path, np.concatenate(video_frames[c]), fps, codec=codec, quality=config.video_quality
-            )
-
-    _write_meta(
-        root, episodes, episode_rows, task_texts, cameras, fps, codec, config, (state_dim, action_dim)
-    )
+    group_size = config.episodes_per_file if layout.v3 else 1
+    episode_rows: list[dict] = []
+    first_index = 0
+    for file_number, start in enumerate(range(0, len(episodes), group_size)):
+        group = list(range(start, min(start + group_size, len(episodes))))
+        episode_rows += _write_data_file(
+            root, layout, episodes, group=group, file_number=file_number, first_index=first_index
+        )
+        first_index += sum(len(episodes[i].states) for i in group)
+    _write_meta(root, layout, episodes, episode_rows)
     return root
 
 
-def _write_meta(root, episodes, episode_rows, task_texts, cameras, fps, codec, config, dims) -> None:
+def _write_data_file(
+    root: Path,
+    layout: _Layout,
+    episodes: list[EpisodeData],
+    *,
+    group: list[int],
+    file_number: int,
+    first_index: int,
+) -> list[dict]:
+    """One parquet file (and its videos) holding the episodes ``group``; returns their episode rows.
+
+    ``first_index`` is the dataset-wide index of the group's first frame.
+    """
+    pa = require_pyarrow()
+    config, cameras = layout.config, layout.cameras
+    columns: dict[str, list] = defaultdict(list)  # one list per column of _frame_table's schema
+    chunk, file_index = divmod(file_number, config.chunks_size)
+    rows: list[dict] = []
+    index = first_index
+    for ep_index in group:
+        ep = episodes[ep_index]
+        _append_frames(columns, layout, ep, ep_index=ep_index, first_index=index)
+        row: dict[str, Any] = {"episode_index": ep_index, "tasks": [ep.instruction], "length": len(ep.states)}
+        row["stats"] = _episode_stats(ep, cameras)
+        if layout.v3:
+            # Videos hold the file's episodes back to back, so an episode starts where the previous ended.
+            offset, end = index - first_index, index - first_index + len(ep.states)
+            row |= {"data/chunk_index": chunk, "data/file_index": file_index}
+            row |= {"dataset_from_index": index, "dataset_to_index": index + len(ep.states)}
+            for key in (IMAGE_PREFIX + c for c in layout.video_cameras):
+                row |= {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file_index}
+                row |= {
+                    f"videos/{key}/from_timestamp": offset / layout.fps,
+                    f"videos/{key}/to_timestamp": end / layout.fps,
+                }
+        rows.append(row)
+        index += len(ep.states)
+    fields = {
+        "chunk_index": chunk,
+        "file_index": file_index,
+        "episode_chunk": group[0] // config.chunks_size,
+        "episode_index": group[0],
+    }
+    data_path = root / (_V3_DATA if layout.v3 else _V2_DATA).format(**fields)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    pa.parquet.write_table(_frame_table(pa, layout, columns), data_path)
+    for c in layout.video_cameras:
+        video_path = root / (_V3_VIDEO if layout.v3 else _V2_VIDEO).format(
+            video_key=IMAGE_PREFIX + c, **fields
+        )
+        frames = np.concatenate([episodes[i].images[c] for i in group])
+        encode_video(video_path, frames, layout.fps, codec=layout.codec, quality=config.video_quality)
+    return rows
+
+
+def _append_frames(
+    columns: dict[str, list], layout: _Layout, ep: EpisodeData, *, ep_index: int, first_index: int
+) -> None:
+    """The per-frame column values of one episode whose first frame has dataset index ``first_index``."""
+    task = layout.task_texts.index(ep.instruction)
+    for t in range(len(ep.states)):
+        columns["observation.state"].append(ep.states[t].astype(np.float32).tolist())
+        columns["action"].append(ep.actions[t].astype(np.float32).tolist())
+        columns["timestamp"].append(t / layout.fps)
+        columns["frame_index"].append(t)
+        columns["episode_index"].append(ep_index)
+        columns["index"].append(first_index + t)
+        columns["task_index"].append(task)
+        for c in layout.image_columns:
+            columns[IMAGE_PREFIX + c].append({"bytes": _png_bytes(ep.images[c][t]), "path": None})
+
+
+def _episode_stats(ep: EpisodeData, cameras: list[str]) -> dict[str, dict[str, list]]:
+    stats = {"observation.state": _numeric_stats(ep.states), "action": _numeric_stats(ep.actions)}
+    return stats | {IMAGE_PREFIX + c: _image_stats(ep.images[c]) for c in cameras}
+
+
+def _frame_table(pa: Any, layout: _Layout, columns: dict[str, list]) -> Any:
+    schema = [
+        ("observation.state", pa.list_(pa.float32(), layout.state_dim)),
+        ("action", pa.list_(pa.float32(), layout.action_dim)),
+        ("timestamp", pa.float32()),
+        ("frame_index", pa.int64()),
+        ("episode_index", pa.int64()),
+        ("index", pa.int64()),
+        ("task_index", pa.int64()),
+    ]
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema += [(IMAGE_PREFIX + c, image_type) for c in layout.image_columns]
+    return pa.table({name: pa.array(columns[name], type=kind) for name, kind in schema})
+
+
+def _write_meta(root: Path, layout: _Layout, episodes: list[EpisodeData], episode_rows: list[dict]) -> None:
+    """``meta/``: ``info.json``, then the v2.1 JSON-lines files or the v3.0 tables."""
     pa = require_pyarrow()
     meta = root / "meta"
     meta.mkdir(parents=True, exist_ok=True)
-    v3 = config.version == "v3.0"
+    config, cameras, fps, task_texts, v3 = (
+        layout.config,
+        layout.cameras,
+        layout.fps,
+        layout.task_texts,
+        layout.v3,
+    )
+    state_dim, action_dim = layout.state_dim, layout.action_dim
     height, width = episodes[0].images[cameras[0]].shape[1:3] if cameras else (0, 0)
     features = {
         "observation.state": {
             "dtype": "float32",
-            "shape": [dims[0]],
-            "names": [f"state_{i}" for i in range(dims[0])],
+            "shape": [state_dim],
+            "names": [f"state_{i}" for i in range(state_dim)],
         },
-        "action": {"dtype": "float32", "shape": [dims[1]], "names": [f"action_{i}" for i in range(dims[1])]},
+        "action": {
+            "dtype": "float32",
+            "shape": [action_dim],
+            "names": [f"action_{i}" for i in range(action_dim)],
+        },
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
         "episode_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -229,7 +292,7 @@ def _write_meta(root, episodes, episode_rows, task_texts, cameras, fps, codec, c
         "task_index": {"dtype": "int64", "shape": [1], "names": None},
     }
     for c in cameras:
-        spec = {
+        spec: dict[str, Any] = {
             "dtype": config.camera_storage,
             "shape": [height, width, 3],
             "names": ["height", "width", "channels"],
@@ -237,7 +300,7 @@ def _write_meta(root, episodes, episode_rows, task_texts, cameras, fps, codec, c
         if config.camera_storage == "video":
             spec["info"] = {
                 "video.fps": fps,
-                "video.codec": codec,
+                "video.codec": layout.codec,
                 "video.pix_fmt": "yuv420p",
                 "video.height": height,
                 "video.width": width,

@@ -43,6 +43,7 @@ def encode_video(
     path: str | Path,
     frames: Sequence[np.ndarray] | np.ndarray,
     fps: int,
+    *,
     codec: str | None = None,
     quality: int = 18,
     gop: int = 2,
