@@ -353,7 +353,7 @@ def test_missing_file_and_missing_base_are_clear_errors(halo, tmp_path):
 
 
 def _convert_in_memory(halo, sd):
-    from emcot.interop.halo import convert_halo_state_dict
+    from emcot.interop.halo_state import convert_halo_state_dict
 
     vit = json.loads((halo["src"] / "vit_config.json").read_text())
     ae = load_file(str(halo["base"] / "ae.safetensors"))
@@ -376,6 +376,6 @@ def test_unmapped_key_and_shape_mismatch_are_clear_errors(halo):
         _convert_in_memory(halo, table)
     wrong_config = {**halo["llm_config"], "hidden_size": 128}
     with pytest.raises(ValueError, match="hidden_size"):
-        from emcot.interop.halo import convert_halo_state_dict
+        from emcot.interop.halo_state import convert_halo_state_dict
 
         convert_halo_state_dict(halo["sd"], wrong_config, None)
