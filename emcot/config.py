@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PretrainedConfig
 
@@ -166,8 +166,15 @@ class LossConfig:
         return dataclass_from_dict(cls, data)
 
 
+class _SubConfig(Protocol):
+    """What :func:`_as` needs of a sub-config class: construction from its ``to_dict`` form."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any: ...
+
+
 # Each entry: (attribute, class, optional). Optional sub-configs may be None (e.g. a text-only model).
-_SUB_CONFIGS: tuple[tuple[str, type, bool], ...] = (
+_SUB_CONFIGS: tuple[tuple[str, type[_SubConfig], bool], ...] = (
     ("vision", VisionEncoderConfig, True),
     ("vae", VAEConfig, True),
     ("action", ActionSpaceConfig, False),
@@ -177,7 +184,7 @@ _SUB_CONFIGS: tuple[tuple[str, type, bool], ...] = (
 )
 
 
-def _as(cls: type, value: Any, optional: bool, name: str):
+def _as(cls: type[_SubConfig], value: Any, optional: bool, name: str) -> Any:
     if value is None:
         return None if optional else cls()
     if isinstance(value, cls):
@@ -258,7 +265,9 @@ class EmCoTConfig(PretrainedConfig):
             if name == "action_sampler" and value is None:
                 value = FlowSamplerConfig.actions()
             setattr(self, name, _as(cls, value, optional, name))
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # PreTrainedConfig's dataclass signature omits the keys its init accepts at runtime
+        # (huggingface_hub's strict(accept_kwargs=True) routes them to __post_init__).
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)  # type: ignore[call-arg]
 
     @property
     def hidden_size(self) -> int:

@@ -279,7 +279,7 @@ def check_fields(obj: Any, label: str | None = None, **bounds: Range) -> None:
     rather than deep inside a computation. Coerced values (numpy scalars, ints for floats, lists
     for tuples) are written back, also on frozen dataclasses.
     """
-    cls = type(obj)
+    cls: type = type(obj)
     label = label if label is not None else cls.__name__
     hints = _hints(cls)
     unknown = sorted(set(bounds) - set(hints))

@@ -11,11 +11,13 @@ from emcot.tokenizers.vision_config import VisionEncoderConfig
 
 def tiny() -> dict:
     """A few million parameters: runs a full trace on a laptop CPU in well under a second."""
-    expert = dict(
-        hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, qk_norm=True
-    )
     return dict(
-        experts={name: ExpertConfig(**expert) for name in EXPERT_NAMES},
+        experts={
+            name: ExpertConfig(
+                hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, qk_norm=True
+            )
+            for name in EXPERT_NAMES
+        },
         vocab_size=512,
         tie_word_embeddings=True,
         rope_theta=10_000.0,
@@ -30,18 +32,20 @@ def tiny() -> dict:
 
 def halo_4_5b() -> dict:
     """HALO's size: every expert is Qwen2.5-1.5B (with QK-norm), SigLIP so400m/14, FLUX VAE, 14-d actions."""
-    expert = dict(
-        hidden_size=1536,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        intermediate_size=8960,
-        rms_norm_eps=1e-6,
-        qkv_bias=True,
-        qk_norm=True,
-    )
     return dict(
-        experts={name: ExpertConfig(**expert) for name in EXPERT_NAMES},
+        experts={
+            name: ExpertConfig(
+                hidden_size=1536,
+                num_layers=28,
+                num_heads=12,
+                num_kv_heads=2,
+                intermediate_size=8960,
+                rms_norm_eps=1e-6,
+                qkv_bias=True,
+                qk_norm=True,
+            )
+            for name in EXPERT_NAMES
+        },
         vocab_size=151936,
         tie_word_embeddings=True,
         rope_theta=1_000_000.0,

@@ -41,7 +41,9 @@ class ActionIO(nn.Module):
         return self.action_out(hidden)
 
     @staticmethod
-    def loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", mask: torch.Tensor | None = None):
+    def loss(
+        pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Summed L1 (or squared) error over non-padded steps, and the element count."""
         err = (
             (pred.float() - target.float()).abs() if kind == "l1" else (pred.float() - target.float()).pow(2)

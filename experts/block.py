@@ -47,7 +47,7 @@ class ExpertBlock(nn.Module):
     def __init__(self, config: ExpertConfig) -> None:
         super().__init__()
         self.config = config
-        hd = config.head_dim
+        hd = config.head_size
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.q_proj = nn.Linear(config.hidden_size, config.num_heads * hd, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * hd, bias=config.qkv_bias)
@@ -63,10 +63,10 @@ class ExpertBlock(nn.Module):
         """Hidden states ``[n, hidden]`` → q ``[n, heads, hd]``, k and v ``[n, kv_heads, hd]`` (pre-RoPE)."""
         cfg = self.config
         h = self.input_layernorm(x)
-        q = self.q_proj(h).view(-1, cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(h).view(-1, cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(h).view(-1, cfg.num_kv_heads, cfg.head_dim)
-        if self.q_norm is not None:
+        q = self.q_proj(h).view(-1, cfg.num_heads, cfg.head_size)
+        k = self.k_proj(h).view(-1, cfg.num_kv_heads, cfg.head_size)
+        v = self.v_proj(h).view(-1, cfg.num_kv_heads, cfg.head_size)
+        if self.q_norm is not None and self.k_norm is not None:  # both or neither (config.qk_norm)
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
@@ -85,7 +85,7 @@ def copy_expert_weights(src: ExpertBlock, dst: ExpertBlock) -> None:
             raise ValueError(
                 f"cannot copy expert weights: source has no '{name}' (QK-norm or bias settings differ)"
             )
-        source = src_params[name]
+        source: torch.Tensor = src_params[name]
         if name.startswith("mlp.") and source.shape != param.shape:
             source = source[tuple(slice(0, n) for n in param.shape)]
         if source.shape != param.shape:

@@ -56,9 +56,19 @@ class ExpertConfig:
             )
 
     @property
+    def head_size(self) -> int:
+        """The per-head dimension: ``head_dim`` as given, or ``hidden_size // num_heads``.
+
+        ``__post_init__`` fills ``head_dim`` in, so this is ``head_dim`` with the ``None`` gone.
+        """
+        if self.head_dim is None:
+            return self.hidden_size // self.num_heads
+        return self.head_dim
+
+    @property
     def attention_signature(self) -> tuple[int, int, int, int, int]:
         """What every expert sharing one attention must agree on."""
-        return (self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads, self.head_dim)
+        return (self.hidden_size, self.num_layers, self.num_heads, self.num_kv_heads, self.head_size)
 
     def to_dict(self) -> dict:
         """JSON-safe dictionary."""

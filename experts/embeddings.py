@@ -74,5 +74,6 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        weight = self.mlp[0].weight
-        return self.mlp(self.frequencies(t).to(weight.dtype))
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)  # built in __init__
+        return self.mlp(self.frequencies(t).to(first.weight.dtype))

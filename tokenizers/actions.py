@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -172,24 +172,23 @@ class Normalizer:
     def __init__(self, mode: str, stats: NormStats | None, *, clip: bool = True) -> None:
         if mode not in NORM_MODES:
             raise ValueError(f"Normalizer mode must be one of {NORM_MODES}, got {mode!r}.")
-        if mode != "none" and stats is None:
-            raise ValueError(
-                f"Normalizer mode {mode!r} needs NormStats; compute them with NormStats.compute(data)."
-            )
         self.mode = mode
         self.stats = stats
         self.clip = clip
+        # The (center, scale) of the affine map; None in ``none`` mode.
+        self._affine: tuple[np.ndarray, np.ndarray] | None = None
+        if mode == "none":
+            return
+        if stats is None:
+            raise ValueError(
+                f"Normalizer mode {mode!r} needs NormStats; compute them with NormStats.compute(data)."
+            )
         if mode == "mean_std":
             center, scale = stats.mean.astype(np.float64), stats.std.astype(np.float64)
-        elif mode == "quantile":
+        else:
             q01, q99 = stats.q01.astype(np.float64), stats.q99.astype(np.float64)
             center, scale = (q99 + q01) / 2.0, (q99 - q01) / 2.0
-        else:
-            center = scale = None
-        if scale is not None:
-            scale = np.where(scale < EPS, 1.0, scale)
-        self._center = center
-        self._scale = scale
+        self._affine = (center, np.where(scale < EPS, 1.0, scale))
 
     @property
     def dim(self) -> int | None:
@@ -209,9 +208,10 @@ class Normalizer:
     def normalize(self, x: Array) -> Array:
         """Robot units → model units (numpy or torch in, same type out)."""
         x = self._check(x)
-        if self.mode == "none":
+        if self._affine is None:  # mode "none"
             return x
-        y = (x - _as_like(self._center, x)) / _as_like(self._scale, x)
+        center, scale = self._affine
+        y = (x - _as_like(center, x)) / _as_like(scale, x)
         if self.mode == "quantile" and self.clip:
             y = _clip(y, -1.0, 1.0)
         return y
@@ -219,11 +219,22 @@ class Normalizer:
     def unnormalize(self, y: Array) -> Array:
         """Model units → robot units (numpy or torch in, same type out)."""
         y = self._check(y)
-        if self.mode == "none":
+        if self._affine is None:  # mode "none"
             return y
+        center, scale = self._affine
         if self.mode == "quantile" and self.clip:
             y = _clip(y, -1.0, 1.0)
-        return y * _as_like(self._scale, y) + _as_like(self._center, y)
+        return y * _as_like(scale, y) + _as_like(center, y)
+
+
+_ADD_NEEDS_STATS = "RobotNormStats.add needs NormStats for action and NormStats or None for state."
+
+
+class _RobotEntry(TypedDict):
+    """One robot's statistics as :class:`RobotNormStats` stores them: the action's always present."""
+
+    state: NormStats | None
+    action: NormStats
 
 
 class RobotNormStats:
@@ -233,7 +244,7 @@ class RobotNormStats:
     VERSION = 1
 
     def __init__(self, stats: dict[str, dict[str, NormStats | None]] | None = None) -> None:
-        self._stats: dict[str, dict[str, NormStats | None]] = {}
+        self._stats: dict[str, _RobotEntry] = {}
         for robot, entry in (stats or {}).items():
             unknown = set(entry) - {"state", "action"}
             if unknown or "action" not in entry:
@@ -241,15 +252,18 @@ class RobotNormStats:
                     f"Stats for robot {robot!r} must be {{'action': NormStats, 'state': NormStats | None}}, "
                     f"got keys {sorted(entry)}."
                 )
-            self.add(robot, action=entry["action"], state=entry.get("state"))
+            action = entry["action"]
+            if action is None:
+                raise ValueError(_ADD_NEEDS_STATS)
+            self.add(robot, action=action, state=entry.get("state"))
 
     def add(self, robot: str, action: NormStats, state: NormStats | None = None) -> None:
         """Register (or replace) the statistics of ``robot``."""
         if not isinstance(robot, str) or not robot:
             raise ValueError(f"Robot name must be a non-empty str, got {robot!r}.")
         if not isinstance(action, NormStats) or not (state is None or isinstance(state, NormStats)):
-            raise ValueError("RobotNormStats.add needs NormStats for action and NormStats or None for state.")
-        self._stats[robot] = {"state": state, "action": action}
+            raise ValueError(_ADD_NEEDS_STATS)
+        self._stats[robot] = _RobotEntry(state=state, action=action)
 
     @property
     def robots(self) -> list[str]:
@@ -267,7 +281,8 @@ class RobotNormStats:
                 "Compute them from the robot's dataset with NormStats.compute(actions) (and states), "
                 "register them with RobotNormStats.add(name, action=..., state=...) and save()."
             )
-        return dict(self._stats[name])
+        entry = self._stats[name]
+        return {"state": entry["state"], "action": entry["action"]}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from emcot.io_utils import AT_LEAST_ONE, POSITIVE, check_fields, dataclass_from_dict
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
+    # The defining module, not the package root: under TYPE_CHECKING diffusers' __init__ binds the
+    # name to a torch-less dummy, which has none of the nn.Module / VAE methods.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class LatentCodec(nn.Module):
     def from_config(cls, config: VAEConfig, trainable: bool = False) -> LatentCodec:
         """Randomly initialised codec with the architecture of ``config``."""
         # diffusers is imported on first use: it takes seconds, and `import emcot` should not.
-        from diffusers import AutoencoderKL
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
         return cls(AutoencoderKL(**config.diffusers_kwargs()), config, trainable)
 
@@ -170,7 +172,7 @@ class LatentCodec(nn.Module):
             raise ValueError(
                 f"{folder} has no config.json; pass a diffusers AutoencoderKL folder (save_pretrained)."
             )
-        from diffusers import AutoencoderKL
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(folder)
         vc = vae.config

@@ -75,16 +75,11 @@ def resize_position_table(table: Tensor, new_side: int) -> Tensor:
     return resized[0].permute(1, 2, 0).reshape(new_side * new_side, -1).to(table.dtype)
 
 
-def vision_state_dict_from_hf(
-    hf_state_dict: dict[str, Tensor], hf_config: dict[str, Any], **overrides: Any
-) -> tuple[dict[str, Tensor], VisionEncoderConfig]:
-    """Map a transformers SigLIP/SigLIP2 state dict + config.json dict to ours.
-
-    SigLIP v1 gives ``position_mode="table"`` with ``max_grid = image_size // patch_size``; SigLIP2
-    gives ``"interpolate"`` with ``max_grid = sqrt(num_patches)``. ``overrides`` replace any
-    inferred :class:`VisionEncoderConfig` field; a different ``max_grid`` in "table" mode resizes
-    the learned table. Pooling heads and text towers are ignored.
-    """
+def _encoder_config(
+    hf_config: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[VisionEncoderConfig, int, int]:
+    """Our encoder config for a transformers vision config.json dict, with the checkpoint's own patch
+    size and position grid (overrides of either do not change how its weights read)."""
     family, vc = _vision_config_dict(hf_config)
     patch = int(vc["patch_size"])
     if family == "siglip":
@@ -122,36 +117,58 @@ def vision_state_dict_from_hf(
             "max_grid can only be overridden in position_mode='table'; 'interpolate' resizes the "
             f"checkpoint's {native_grid}x{native_grid} table per image already."
         )
+    return config, patch, native_grid
 
+
+def _tower_weights(
+    src: dict[str, Tensor], config: VisionEncoderConfig, *, patch: int, native_grid: int
+) -> dict[str, Tensor]:
+    """Our weights from one vision tower's transformers weights (prefix stripped); KeyError if one is missing.
+
+    ``patch`` and ``native_grid`` are the checkpoint's own patch size and position grid.
+    """
+    out: dict[str, Tensor] = {}
+    weight = src["embeddings.patch_embedding.weight"]
+    if weight.ndim == 4:
+        # Conv2d [D, 3, p, p] flattens channels-first, which is our patch layout already.
+        out["patch_embed.weight"] = weight.reshape(weight.shape[0], -1)
+    else:
+        # SigLIP2 Linear expects channels-last patches (p, p, 3); reorder its columns to (3, p, p).
+        out["patch_embed.weight"] = (
+            weight.reshape(weight.shape[0], patch, patch, 3).permute(0, 3, 1, 2).reshape(weight.shape[0], -1)
+        )
+    out["patch_embed.bias"] = src["embeddings.patch_embedding.bias"]
+    table = src["embeddings.position_embedding.weight"]
+    if table.shape[0] != native_grid * native_grid:
+        raise ValueError(
+            f"Position table has {table.shape[0]} rows but the config implies {native_grid}x{native_grid}; "
+            "the checkpoint and its config.json do not match."
+        )
+    out["pos_embed.weight"] = resize_position_table(table, config.max_grid)
+    for i in range(config.effective_layers):
+        for theirs, ours in SIGLIP_LAYER_RENAMES.items():
+            for param in ("weight", "bias"):
+                out[f"layers.{i}.{ours}.{param}"] = src[f"encoder.layers.{i}.{theirs}.{param}"]
+    out["post_norm.weight"] = src["post_layernorm.weight"]
+    out["post_norm.bias"] = src["post_layernorm.bias"]
+    return out
+
+
+def vision_state_dict_from_hf(
+    hf_state_dict: dict[str, Tensor], hf_config: dict[str, Any], **overrides: Any
+) -> tuple[dict[str, Tensor], VisionEncoderConfig]:
+    """Map a transformers SigLIP/SigLIP2 state dict + config.json dict to ours.
+
+    SigLIP v1 gives ``position_mode="table"`` with ``max_grid = image_size // patch_size``; SigLIP2
+    gives ``"interpolate"`` with ``max_grid = sqrt(num_patches)``. ``overrides`` replace any
+    inferred :class:`VisionEncoderConfig` field; a different ``max_grid`` in "table" mode resizes
+    the learned table. Pooling heads and text towers are ignored.
+    """
+    config, patch, native_grid = _encoder_config(hf_config, overrides)
     prefix = _find_prefix(hf_state_dict)
     src = {k[len(prefix) :]: v for k, v in hf_state_dict.items() if k.startswith(prefix)}
-    out: dict[str, Tensor] = {}
     try:
-        weight = src["embeddings.patch_embedding.weight"]
-        if weight.ndim == 4:
-            # Conv2d [D, 3, p, p] flattens channels-first, which is our patch layout already.
-            out["patch_embed.weight"] = weight.reshape(weight.shape[0], -1)
-        else:
-            # SigLIP2 Linear expects channels-last patches (p, p, 3); reorder its columns to (3, p, p).
-            out["patch_embed.weight"] = (
-                weight.reshape(weight.shape[0], patch, patch, 3)
-                .permute(0, 3, 1, 2)
-                .reshape(weight.shape[0], -1)
-            )
-        out["patch_embed.bias"] = src["embeddings.patch_embedding.bias"]
-        table = src["embeddings.position_embedding.weight"]
-        if table.shape[0] != native_grid * native_grid:
-            raise ValueError(
-                f"Position table has {table.shape[0]} rows but the config implies {native_grid}x{native_grid}; "
-                "the checkpoint and its config.json do not match."
-            )
-        out["pos_embed.weight"] = resize_position_table(table, config.max_grid)
-        for i in range(config.effective_layers):
-            for theirs, ours in SIGLIP_LAYER_RENAMES.items():
-                for param in ("weight", "bias"):
-                    out[f"layers.{i}.{ours}.{param}"] = src[f"encoder.layers.{i}.{theirs}.{param}"]
-        out["post_norm.weight"] = src["post_layernorm.weight"]
-        out["post_norm.bias"] = src["post_layernorm.bias"]
+        out = _tower_weights(src, config, patch=patch, native_grid=native_grid)
     except KeyError as err:
         raise ValueError(
             f"SigLIP checkpoint is missing {prefix}{err.args[0]}; the file is corrupt or not a SigLIP vision tower."

@@ -27,6 +27,7 @@ numbers them in execution order, hence the reversal. The file holds no config: t
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from torch import Tensor
 
@@ -131,7 +132,8 @@ def flux_vae_config(
         block_out_channels=channels,
         layers_per_block=len(blocks),
         norm_num_groups=norm_num_groups,
-        image_size=tuple(image_size),
+        # tuple() accepts any pair-like; VAEConfig's field check then enforces the length of 2.
+        image_size=cast("tuple[int, int]", tuple(image_size)),
         mid_block_attention="encoder.mid.attn_1.q.weight" in ae_sd,
         use_quant_conv="quant_conv.weight" in ae_sd,
     )

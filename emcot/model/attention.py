@@ -73,9 +73,10 @@ class KVCache:
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of the cache followed by the new ones (not stored)."""
-        if self.keys[layer] is None:
+        cached_k, cached_v = self.keys[layer], self.values[layer]
+        if cached_k is None or cached_v is None:  # store() sets both, so both or neither
             return k, v
-        return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+        return torch.cat([cached_k, k], dim=2), torch.cat([cached_v, v], dim=2)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Replace a layer's keys and values (after :meth:`extend` when writing)."""

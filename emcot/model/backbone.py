@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -13,6 +14,8 @@ from emcot.config import AttentionBackend
 from emcot.experts.block import ExpertBlock, RMSNorm
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
 from emcot.model.attention import KVCache, RotaryEmbedding, apply_rotary, attend
+
+_Out = TypeVar("_Out")
 
 
 class ExpertRouting:
@@ -31,7 +34,7 @@ class ExpertRouting:
         if self.single is None:
             self.restore = torch.argsort(torch.cat(list(self.indices.values())))
 
-    def map(self, x: torch.Tensor, fn) -> list[torch.Tensor] | tuple:
+    def map(self, x: torch.Tensor, fn: Callable[[str, torch.Tensor], _Out]) -> list[_Out]:
         """Apply ``fn(name, tokens)`` per expert to rows of ``x [N, ...]``; outputs in expert order."""
         if self.single is not None:
             return [fn(self.single, x)]
@@ -74,12 +77,16 @@ class MoTLayer(nn.Module):
         super().__init__()
         self.experts = nn.ModuleDict({name: ExpertBlock(cfg) for name, cfg in experts.items()})
 
+    def block(self, name: str) -> ExpertBlock:
+        """Expert ``name``'s block (``self.experts`` holds only ExpertBlocks)."""
+        return cast(ExpertBlock, self.experts[name])
+
     def forward(self, x: torch.Tensor, ctx: LayerContext, layer_index: int) -> torch.Tensor:
         """One layer on ``x [B, L, H]``; ``layer_index`` picks this layer's slot in the KV cache."""
         b, seq, hidden = x.shape
         routing = ctx.routing
         flat = x.reshape(b * seq, hidden)
-        projected = routing.map(flat, lambda name, t: self.experts[name].project_qkv(t))
+        projected = routing.map(flat, lambda name, t: self.block(name).project_qkv(t))
         q, k, v = (routing.merge([p[i] for p in projected]) for i in range(3))
         # [B*L, heads, d] → [B, heads, L, d]
         q, k, v = (t.view(b, seq, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
@@ -92,7 +99,7 @@ class MoTLayer(nn.Module):
         attn = attend(q, k, v, ctx.mask, ctx.backend).reshape(b * seq, -1)
         parts = routing.map(
             torch.cat([flat, attn], dim=1),
-            lambda name, t: self.experts[name].finish(t[:, :hidden], t[:, hidden:]),
+            lambda name, t: self.block(name).finish(t[:, :hidden], t[:, hidden:]),
         )
         return routing.merge(parts).view(b, seq, hidden)
 
@@ -107,7 +114,7 @@ class MoTBackbone(nn.Module):
         self.norms = nn.ModuleDict(
             {name: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) for name, cfg in experts.items()}
         )
-        self.rotary = RotaryEmbedding(first.head_dim, rope_theta)
+        self.rotary = RotaryEmbedding(first.head_size, rope_theta)
         self.gradient_checkpointing = False
         # Set by the trainer's LossModule under FSDP: every expert then gets a gradient in every
         # training pass.

@@ -3,10 +3,35 @@ connector, states and flow tokens through their experts' input layers."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from emcot.model.inputs import SegmentInputs
 from emcot.sequence.plan import Modality, SequencePlan
+
+if TYPE_CHECKING:
+    from emcot.experts.generation import SubgoalIO
+    from emcot.model.modeling import EmCoTModel
+    from emcot.tokenizers.vae import LatentCodec
+
+
+def require_subgoal(model: EmCoTModel) -> SubgoalIO:
+    """The model's subgoal expert; a clear error for a model built without one (``config.vae`` None)."""
+    if model.subgoal is None:
+        raise ValueError(
+            "this model has no subgoal expert (config.vae is None); it cannot take latent segments"
+        )
+    return model.subgoal
+
+
+def require_latent_codec(model: EmCoTModel) -> LatentCodec:
+    """The model's subgoal VAE; a clear error for a model built without one (``config.vae`` None)."""
+    if model.latent_codec is None:
+        raise ValueError(
+            "this model has no subgoal VAE (config.vae is None); it cannot encode subgoal images"
+        )
+    return model.latent_codec
 
 
 def grid_coords(grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -15,29 +40,39 @@ def grid_coords(grid: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tens
     return torch.arange(h, device=device).repeat_interleave(w), torch.arange(w, device=device).repeat(h)
 
 
-def encode_images(model, patches: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+def encode_images(
+    model: EmCoTModel, patches: torch.Tensor, grids: list[tuple[int, int]]
+) -> list[torch.Tensor]:
     """ViT features through the connector, one tensor per image."""
     if not grids:
         return []
+    # The connector exists exactly when the vision encoder does (both follow config.vision).
+    connector = model.understanding.connector
+    if model.vision is None or connector is None:
+        raise ValueError("this model has no vision encoder (config.vision is None); it cannot take images")
     feats = model.vision(patches.to(model.device, model.dtype), grids)
     rows, cols = zip(*(grid_coords(g, feats.device) for g in grids), strict=True)
-    out = model.understanding.connector(feats, torch.cat(rows), torch.cat(cols))
+    out = connector(feats, torch.cat(rows), torch.cat(cols))
     return list(out.split([h * w for h, w in grids]))
 
 
-def embed_plan(model, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor:
+def embed_plan(model: EmCoTModel, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor:
     """Input embeddings ``[1, L, H]`` of ``plan``'s segments, each from its modality's inputs."""
     ids = inputs.text_ids.to(model.device)
     text = model.understanding.embed_tokens(ids) if ids.numel() else None
     parts, t_pos, v_i, s_i, f_i = [], 0, 0, 0, 0
     for seg in plan.segments:
         if seg.modality is Modality.TEXT:
+            if text is None:
+                raise ValueError("the plan has a text segment but inputs.text_ids is empty")
             parts.append(text[t_pos : t_pos + seg.length])
             t_pos += seg.length
         elif seg.modality is Modality.VIT:
             parts.append(inputs.vit[v_i])
             v_i += 1
         elif seg.modality is Modality.STATE:
+            if inputs.states is None:
+                raise ValueError("the plan has a state segment but inputs.states is None")
             state = inputs.states[s_i : s_i + 1].to(model.device, model.dtype)
             parts.append(model.action.embed_state(state)[0])
             s_i += 1
@@ -47,7 +82,7 @@ def embed_plan(model, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor
             x = flow.tokens.to(model.device, model.dtype)[None]
             t = flow.t.reshape(1).to(model.device, model.dtype)
             if seg.modality is Modality.LATENT:
-                parts.append(model.subgoal.embed(x, t, model.latent_grid)[0])
+                parts.append(require_subgoal(model).embed(x, t, model.latent_grid)[0])
             else:
                 parts.append(model.action.embed_actions(x, t)[0])
     return torch.cat(parts)[None]

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
 from emcot.config import TIME_DISTRIBUTIONS, FlowSamplerConfig
 
 
+@overload
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor: ...
+@overload
+def shift_time(t: float, shift: float) -> float: ...
 def shift_time(t: torch.Tensor | float, shift: float) -> torch.Tensor | float:
     """Shift times toward noise: ``t' = s·t / (1 + (s − 1)·t)``; fixes 0 and 1, ``s > 1`` raises t."""
     if shift <= 0:
@@ -144,15 +149,16 @@ def combine_guidance(v: GuidedVelocity, cfg: FlowSamplerConfig, t: float) -> tor
     packed single sequence as batch 1 for identical results). Outside the interval, or with no
     active term, the answer is ``v.cond`` itself.
     """
-    use_text = v.no_text is not None and cfg.text_guidance != 1.0
-    use_image = v.no_image is not None and cfg.image_guidance != 1.0
-    if not (use_text or use_image) or not guidance_active(cfg, t):
+    # The branches that take part: given, and with a scale that is not the identity.
+    no_text = v.no_text if cfg.text_guidance != 1.0 else None
+    no_image = v.no_image if cfg.image_guidance != 1.0 else None
+    if (no_text is None and no_image is None) or not guidance_active(cfg, t):
         return v.cond
     guided = v.cond
-    if use_text:
-        guided = v.no_text + cfg.text_guidance * (guided - v.no_text)
-    if use_image:
-        guided = v.no_image + cfg.image_guidance * (guided - v.no_image)
+    if no_text is not None:
+        guided = no_text + cfg.text_guidance * (guided - no_text)
+    if no_image is not None:
+        guided = no_image + cfg.image_guidance * (guided - no_image)
     if cfg.renorm == "global":
         dims = tuple(range(1, guided.ndim))
         cond_norm = torch.linalg.vector_norm(v.cond, dim=dims, keepdim=True) if dims else v.cond.abs()

@@ -58,7 +58,7 @@ _DTYPE_NAMES = {
 }
 
 
-def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def check_state_dict(model: EmCoTModel, state: dict[str, torch.Tensor]) -> None:
     """Missing/unexpected keys and shape mismatches → one ValueError listing them."""
     expected = model.state_dict()
     tied = {"understanding.lm_head.weight"} if model.config.tie_word_embeddings else set()
@@ -119,7 +119,9 @@ def load_model(
     if config.tie_word_embeddings:
         model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
     if torch_dtype is not None or device is not None:
-        model.to(device=device, dtype=torch_dtype)
+        # transformers declares PreTrainedModel.to through functools.wraps, which mypy does not
+        # bind as a method (it asks for `self`).
+        model.to(device=device, dtype=torch_dtype)  # type: ignore[call-arg]
     return model.eval()
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from emcot.model.embedding import embed_plan, encode_images
+from emcot.model.embedding import embed_plan, encode_images, require_latent_codec, require_subgoal
 from emcot.model.flow import interpolate, sample_time, velocity_target
 from emcot.model.inputs import FlowInput, LossOutput, SampleBatch, SegmentInputs
 from emcot.sequence.plan import AttnMode, Modality, Segment
 
+if TYPE_CHECKING:
+    from emcot.config import EmCoTConfig
+    from emcot.model.modeling import EmCoTModel
+
 
 def _flow_inputs(
-    model, batch: SampleBatch, generator: torch.Generator | None
+    model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None
 ) -> tuple[list[FlowInput], list[torch.Tensor | None]]:
     """One flow input per latent/action segment, and the velocity target of each noisy one.
 
@@ -21,14 +27,17 @@ def _flow_inputs(
     cfg, device = model.config.loss, model.device
     latent_tokens = None
     if batch.latent_images.shape[0]:
+        codec = require_latent_codec(model)
         with torch.no_grad():
-            latents = model.latent_codec.encode(batch.latent_images.to(model.dtype), generator=generator)
-            latent_tokens, _ = model.latent_codec.patchify(latents)
+            latents = codec.encode(batch.latent_images.to(model.dtype), generator=generator)
+            latent_tokens, _ = codec.patchify(latents)
     flows: list[FlowInput] = []
     targets: list[torch.Tensor | None] = []
     latent_i = action_i = 0
     for seg in batch.plan.segments:
         if seg.modality is Modality.LATENT:
+            if latent_tokens is None:
+                raise ValueError("the plan has a latent segment but the batch has no latent_images")
             x0 = latent_tokens[batch.latent_image_index[latent_i]]
             latent_i += 1
             dist, shift = cfg.subgoal_time_distribution, cfg.subgoal_time_shift
@@ -49,16 +58,22 @@ def _flow_inputs(
     return flows, targets
 
 
-def _flow_loss(model, seg: Segment, rows: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None):
+def _flow_loss(
+    model: EmCoTModel, seg: Segment, rows: torch.Tensor, target: torch.Tensor, pad: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
     """(sum, count) of one noisy segment's velocity loss."""
     if seg.modality is Modality.LATENT:
-        return model.subgoal.loss(model.subgoal.velocity(rows), target)
+        subgoal = require_subgoal(model)
+        return subgoal.loss(subgoal.velocity(rows), target)
+    assert pad is not None  # compute_loss passes every action segment its action_pad row
     return model.action.loss(
         model.action.velocity(rows), target, model.config.loss.action_loss, (~pad).float()
     )
 
 
-def compute_loss(model, batch: SampleBatch, generator: torch.Generator | None = None) -> LossOutput:
+def compute_loss(
+    model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None = None
+) -> LossOutput:
     """Teacher-forced forward of a packed batch and its weighted loss terms."""
     batch = batch.to(model.device)
     plan = batch.plan
@@ -97,7 +112,7 @@ def compute_loss(model, batch: SampleBatch, generator: torch.Generator | None = 
     return LossOutput(loss=total, terms=terms, sums=sums, counts=counts)
 
 
-def loss_counts(config, batch: SampleBatch) -> dict[str, int]:
+def loss_counts(config: EmCoTConfig, batch: SampleBatch) -> dict[str, int]:
     """The element counts :func:`compute_loss` will normalise by, known before the forward pass.
 
     A trainer sums them over micro-batches and processes first, so every loss term is a mean over

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +43,7 @@ class EmCoTModel(PreTrainedModel):
     :meth:`compute_loss` (training); trace generation composes the same methods.
     """
 
+    config: EmCoTConfig
     config_class = EmCoTConfig
     base_model_prefix = "emcot"
     main_input_name = "input_ids"
@@ -94,17 +97,28 @@ class EmCoTModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.understanding.embed_tokens
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        if not isinstance(value, nn.Embedding):
+            raise TypeError(f"input embeddings must be an nn.Embedding, got {type(value).__name__}")
         self.understanding.embed_tokens = value
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.understanding.lm_head
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+    def _set_gradient_checkpointing(
+        self,
+        enable: bool = True,
+        gradient_checkpointing_func: Callable[..., Any] | None = None,
+        every_n_layers: int = 1,
+    ) -> None:
+        # The backbone checkpoints every layer with torch's checkpoint; the function and the layer
+        # stride of the Hugging Face signature are not used.
         self.backbone.gradient_checkpointing = enable
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **kwargs: Any) -> None:
         """Recompute each layer in the backward pass instead of storing its activations."""
+        if kwargs:
+            raise TypeError(f"gradient_checkpointing_enable got unexpected arguments {sorted(kwargs)}")
         self.backbone.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -270,7 +284,7 @@ class EmCoTModel(PreTrainedModel):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.LongTensor:
+    ) -> torch.Tensor:
         """Text continuation with a KV cache; greedy unless ``do_sample``. Returns prompt + new tokens.
 
         Rows that reach an EOS token are padded with ``pad_token_id`` (default: the EOS id).
@@ -286,9 +300,17 @@ class EmCoTModel(PreTrainedModel):
         pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
         cache = self.new_cache()
         logits = self(input_ids, cache=cache).logits[:, -1]
-        out, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        out: torch.Tensor = input_ids
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
-            token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
+            token = next_token(
+                logits,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
             token = torch.where(done, torch.full_like(token, pad), token)
             out = torch.cat([out, token[:, None]], dim=1)
             if eos:

@@ -7,6 +7,7 @@ import torch
 
 def next_token(
     logits: torch.Tensor,
+    *,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int | None = None,

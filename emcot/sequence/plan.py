@@ -202,7 +202,7 @@ def _per_segment_sample_ids(n_segments: int, n_tokens: int, lengths: Sequence[in
 
 def build_attention_mask(
     modes: Sequence[str], lengths: Sequence[int], sample_ids: Sequence[int] | None = None
-) -> torch.BoolTensor:
+) -> torch.Tensor:
     """The modality-switching mask ``[L, L]`` (True = may attend) for segments given by mode and length.
 
     ``sample_ids`` assigns each segment (or each token) to a packed sample; tokens of different
