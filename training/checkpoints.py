@@ -59,10 +59,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Drop tensors that share storage with an earlier one (tied weights); returns (unique, alias → kept)."""
-    seen: dict[tuple[int, int, tuple], str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
     unique, aliases = {}, {}
     for key, value in state.items():
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        ident = (value.untyped_storage().data_ptr(), int(value.storage_offset()), tuple(value.shape))
         if ident in seen:
             aliases[key] = seen[ident]
         else:
@@ -185,7 +185,7 @@ def resumable_checkpoint(out: Path, accelerator) -> Path | None:
 
     Damaged newer ones are named in a warning; when all are damaged a ValueError lists them.
     """
-    damaged = []
+    damaged: list[str] = []
     for _, folder in reversed(list_checkpoints(out)):
         problem = checkpoint_damage(folder, accelerator.process_index)
         if not any_process(accelerator, problem is not None):

@@ -76,11 +76,11 @@ class MixtureStream:
             raise ValueError("give one weight per data source (and at least one source)")
         if any(n < 1 for n in sizes):
             raise ValueError(f"every data source needs at least one sample, got sizes {list(sizes)}")
-        weights = np.asarray(weights, dtype=np.float64)
-        if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"data weights must be ≥ 0 with a positive sum, got {weights.tolist()}")
+        shares = np.asarray(weights, dtype=np.float64)
+        if (shares < 0).any() or shares.sum() <= 0:
+            raise ValueError(f"data weights must be ≥ 0 with a positive sum, got {shares.tolist()}")
         self.sizes = list(sizes)
-        self.probs = weights / weights.sum()
+        self.probs = shares / shares.sum()
         self.seed = seed
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
@@ -141,7 +141,8 @@ class TokenPacker:
 
     def next_pack(self) -> list[EmCoTSample]:
         """Samples in stream order until ``expected_tokens`` is reached; one that would pass ``max_tokens`` waits."""
-        pack, total = [], 0
+        pack: list[EmCoTSample] = []
+        total = 0
         while total < self.config.expected_tokens:
             key = self.stream.peek(self.state)
             n = self._length(key)

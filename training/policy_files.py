@@ -7,7 +7,6 @@ import difflib
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import cast
 
 import torch
 
@@ -44,7 +43,6 @@ def _synthetic_policy(recipe: Recipe) -> EmCoTPolicy:
 
 def _policy_from_components(recipe: Recipe) -> EmCoTPolicy:
     """HALO's initialisation: a Qwen LLM into all experts, a SigLIP encoder, a VAE; statistics come later."""
-    from emcot.config import EmCoTConfig
     from emcot.model.modeling import EmCoTModel
     from emcot.policy.processor import EmCoTProcessor, ProcessorConfig
     from emcot.tokenizers.actions import RobotNormStats
@@ -64,8 +62,7 @@ def _policy_from_components(recipe: Recipe) -> EmCoTPolicy:
     model = EmCoTModel.from_components(llm=llm, **parts, **recipe.model.overrides)
     tokenizer = HFTextTokenizer.from_pretrained(llm)
     settings = ProcessorConfig(cameras=list(recipe.model.cameras))
-    config = cast(EmCoTConfig, model.config)  # transformers types it as the PretrainedConfig base
-    return EmCoTPolicy(model, EmCoTProcessor(config, tokenizer, RobotNormStats(), settings))
+    return EmCoTPolicy(model, EmCoTProcessor(model.config, tokenizer, RobotNormStats(), settings))
 
 
 _INITIAL_POLICIES: dict[InitSource, Callable[[Recipe], EmCoTPolicy]] = {
@@ -102,7 +99,9 @@ def ensure_norm_stats(policy: EmCoTPolicy, sources) -> None:
                 missing.setdefault(sample.robot, []).append(sample)
     for robot, samples in missing.items():
         entry = robot_norm_stats(samples, robot).for_robot(robot)
-        stats.add(robot, action=entry["action"], state=entry["state"])
+        action = entry["action"]
+        assert action is not None  # robot_norm_stats always has action statistics
+        stats.add(robot, action=action, state=entry["state"])
         if not policy.processor.settings.robot or policy.processor.settings.robot not in stats:
             policy.processor.settings.robot = robot
 

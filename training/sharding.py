@@ -12,6 +12,8 @@ wrote them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,6 +26,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from emcot.model.backbone import MoTLayer
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import ValueType
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 LOAD = StateDictOptions(full_state_dict=True, strict=True)
@@ -62,7 +67,8 @@ def root_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Full CPU weights by name; every process must call it (only the first receives tensors when sharded)."""
-    return get_model_state_dict(module, options=FULL)
+    # Typed for any state (nested lists, dicts, scalars); a module's full state holds only tensors.
+    return cast(dict[str, torch.Tensor], get_model_state_dict(module, options=FULL))
 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -72,7 +78,8 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
 
 def load_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load full weights on every process; sharded modules keep their own shard of each tensor."""
-    set_model_state_dict(module, state, options=LOAD)
+    weights: dict[str, ValueType] = dict(state)  # the API's value type is wider than Tensor
+    set_model_state_dict(module, weights, options=LOAD)
 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

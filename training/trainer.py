@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from emcot.model.modeling import EmCoTModel
 from emcot.policy.policy import EmCoTPolicy
 from emcot.training.checkpoints import (
     INITIAL_DIR,
@@ -65,7 +66,7 @@ class LossModule(nn.Module):
     tokens.
     """
 
-    def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
+    def __init__(self, model: EmCoTModel, touch_all: bool = False) -> None:
         super().__init__()
         self.model = model
         self.touch_all = touch_all
@@ -184,7 +185,7 @@ class Trainer:
         self.step = 0
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> EmCoTModel:
         """The unwrapped training model (its parameters are shards under FSDP)."""
         return self.accelerator.unwrap_model(self.module).model
 
@@ -289,7 +290,7 @@ class Trainer:
         sums, counts, tokens, finite = self._run_packs(local, self.step, salt=0, train=True)
         metrics = self._metrics(sums, counts)
         grad_norm = self._grad_norm()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # typed float | Tensor; our lr is a float
         # accelerate's fp16 grad scaler skips overflowing steps itself (not used when we shard).
         overflow_ok = acc.scaler is not None and not self.sharded
         health = StepHealth(self.step + 1, metrics, grad_norm, lr, finite, overflow_ok=overflow_ok)

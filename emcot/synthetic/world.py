@@ -105,6 +105,7 @@ def synthetic_corpus(cfg: SyntheticConfig | None = None) -> list[str]:
             for row in ("top", "centre", "bottom"):
                 for col in ("left", "middle", "right"):
                     s = make_sample(cfg, color, side, (0.5, 0.5), (0.5, 0.5))
+                    assert s.reasoning is not None  # make_sample always writes the reasoning
                     lines.append(s.instruction)
                     lines.append(s.reasoning.replace("centre middle", f"{row} {col}"))
     lines.append("You are an embodied agent. Your task is to: do it. Plan and act.")
@@ -116,9 +117,22 @@ def norm_stats_of(samples: list[EmCoTSample], robot: str = "synthetic"):
     """Normalisation statistics of the samples' states and actions."""
     from emcot.tokenizers.actions import NormStats, RobotNormStats
 
-    states = np.stack([s.observation.state for s in samples])
-    actions = np.concatenate([s.actions for s in samples])
-    return RobotNormStats({robot: {"state": NormStats.compute(states), "action": NormStats.compute(actions)}})
+    states, actions = [], []
+    for s in samples:
+        if s.observation.state is None or s.actions is None:
+            raise ValueError(
+                "norm_stats_of needs samples with a state and actions (EM-CoT or action samples)."
+            )
+        states.append(s.observation.state)
+        actions.append(s.actions)
+    return RobotNormStats(
+        {
+            robot: {
+                "state": NormStats.compute(np.stack(states)),
+                "action": NormStats.compute(np.concatenate(actions)),
+            }
+        }
+    )
 
 
 def build_synthetic_policy(
@@ -161,6 +175,7 @@ def synthetic_vqa_samples(n: int, cfg: SyntheticConfig | None = None, seed: int 
     out = []
     for i, sample in enumerate(synthetic_samples(n, cfg, seed)):
         color = sample.instruction.split()[2]
+        assert sample.observation.state is not None  # synthetic_samples always sets the state
         place = where(sample.observation.state[2:])
         turns = [("What colour is the block?", f"The block is {color}.")]
         if i % 2:
@@ -207,13 +222,17 @@ def robot_vectors(sample: EmCoTSample, action_dim: int, state_dim: int, horizon:
         extra = [0.5 + 0.25 * np.sin(3.0 * x[..., k % x.shape[-1]]) for k in range(max(dim - x.shape[-1], 0))]
         return np.concatenate([x[..., :dim], *(e[..., None] for e in extra)], axis=-1).astype(np.float32)
 
-    chunk = sample.actions
+    chunk, state = sample.actions, sample.observation.state
+    if chunk is None or state is None:
+        raise ValueError(
+            "robot_vectors needs a sample with a state and actions (an EM-CoT or action sample)."
+        )
     steps = np.linspace(0, len(chunk) - 1, horizon)
     lo = np.floor(steps).astype(int)
     hi = np.minimum(lo + 1, len(chunk) - 1)
     frac = (steps - lo)[:, None].astype(np.float32)
     resampled = chunk[lo] * (1 - frac) + chunk[hi] * frac
-    return widen(sample.observation.state, state_dim), widen(resampled, action_dim)
+    return widen(state, state_dim), widen(resampled, action_dim)
 
 
 def synthetic_robot_samples(

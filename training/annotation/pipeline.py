@@ -124,6 +124,7 @@ def annotate_dataset(
     dataset: LeRobotDataset,
     annotator: VLMAnnotator | RuleAnnotator,
     out_path: str | Path,
+    *,
     context: ContextConfig | None = None,
     episodes: list[int] | None = None,
     workers: int = 1,

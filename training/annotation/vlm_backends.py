@@ -151,7 +151,9 @@ class OpenAIChatBackend:
             for im in request.images
         ]
         content.append({"type": "text", "text": request.prompt})
-        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages: list[dict[str, object]] = (
+            [{"role": "system", "content": request.system}] if request.system else []
+        )
         messages.append({"role": "user", "content": content})
         body = {
             "model": self.config.model,
@@ -234,7 +236,7 @@ class TransformersBackend:
             raise ValueError(
                 "TransformersBackend needs model_path (a local model folder) or a generate callable."
             )
-        self.model = model_path or getattr(generate, "__name__", "callable")
+        self.model: str = model_path or str(getattr(generate, "__name__", "callable"))
         self.model_path, self.device, self.dtype, self.max_new_tokens = (
             model_path,
             device,

@@ -43,7 +43,7 @@ def load_prompt(stage: str, version: str = "v1") -> PromptTemplate:
     """Load ``prompts/<stage>_<version>.txt`` from the installed package."""
     if stage not in STAGES:
         raise ValueError(f"Unknown annotation stage {stage!r}; stages are {STAGES}.")
-    resource = resources.files("emcot.training.annotation").joinpath("prompts", f"{stage}_{version}.txt")
+    resource = resources.files("emcot.training.annotation") / "prompts" / f"{stage}_{version}.txt"
     if not resource.is_file():
         raise ValueError(
             f"No prompt file prompts/{stage}_{version}.txt; available versions are listed in that folder."

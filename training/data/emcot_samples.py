@@ -108,6 +108,8 @@ def episode_samples(
         }
         reasoning = subgoal = None
         if emcot:
+            # Both were checked above: emcot mode needs a successful annotation and a mapped camera.
+            assert annotation is not None and subgoal_camera is not None
             index = annotation.subtask_index_at(t)
             subtask = annotation.subtasks[index]
             reasoning = config.formatter(annotation, index, t)

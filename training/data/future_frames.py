@@ -49,11 +49,10 @@ class FutureFrameDataset:
     def __init__(self, dataset: LeRobotDataset, config: FutureFrameConfig | None = None) -> None:
         self.dataset = dataset
         self.config = config or FutureFrameConfig()
-        self.camera = self.config.camera or next(iter(dataset.cameras), None)
-        if self.camera not in dataset.cameras:
-            raise ValueError(
-                f"camera {self.camera!r} is not in the dataset's cameras {sorted(dataset.cameras)}"
-            )
+        camera = self.config.camera or next(iter(dataset.cameras), None)
+        if camera is None or camera not in dataset.cameras:
+            raise ValueError(f"camera {camera!r} is not in the dataset's cameras {sorted(dataset.cameras)}")
+        self.camera: str = camera
         cfg = self.config
         first = (cfg.context - 1) * cfg.context_gap
         self.index: list[tuple[int, int]] = []

@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,9 @@ from emcot.training.data.lerobot_meta import (
 )
 from emcot.training.data.video import decode_video, match_timestamps
 from emcot.types import Observation
+
+if TYPE_CHECKING:  # pyarrow has no type stubs (mypy reads Table as Any); the annotations name it anyway
+    import pyarrow
 
 
 @dataclass
@@ -56,7 +60,7 @@ class LeRobotEpisode:
     cameras: dict[str, str]
     _dataset: LeRobotDataset = field(repr=False)
     _record: EpisodeRecord = field(repr=False)
-    _table: object = field(repr=False)
+    _table: pyarrow.Table = field(repr=False)
     _images: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -146,7 +150,7 @@ class LeRobotDataset:
         # the neighbouring frame.
         self.video_tolerance_s = video_tolerance_s if video_tolerance_s is not None else 0.5 / self.info.fps
         self._stats: dict | None = None
-        self._cached_file: tuple[str, object] | None = None
+        self._cached_file: tuple[str, pyarrow.Table] | None = None
 
     @property
     def fps(self) -> float:
@@ -211,7 +215,7 @@ class LeRobotDataset:
             _table=table,
         )
 
-    def _episode_table(self, record: EpisodeRecord):
+    def _episode_table(self, record: EpisodeRecord) -> pyarrow.Table:
         pa = require_pyarrow()
         if self._cached_file is None or self._cached_file[0] != record.data_file:
             path = self.root / record.data_file
@@ -227,12 +231,12 @@ class LeRobotDataset:
         return table
 
     @staticmethod
-    def _column(table, key: str) -> np.ndarray | None:
+    def _column(table: pyarrow.Table, key: str) -> np.ndarray | None:
         if key not in table.column_names:
             return None
         return np.asarray(table.column(key).to_pylist())
 
-    def _vectors(self, table, key: str) -> np.ndarray:
+    def _vectors(self, table: pyarrow.Table, key: str) -> np.ndarray:
         if key not in table.column_names:
             raise ValueError(f"Column {key!r} is declared in info.json but missing from the parquet data.")
         pa = require_pyarrow()
@@ -243,7 +247,7 @@ class LeRobotDataset:
             return values.reshape(len(column), -1).astype(np.float32)
         return column.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), -1)
 
-    def _task_from_rows(self, table, episode_index: int) -> str:
+    def _task_from_rows(self, table: pyarrow.Table, episode_index: int) -> str:
         task_indices = self._column(table, "task_index")
         if task_indices is None or len(task_indices) == 0 or int(task_indices[0]) not in self.tasks:
             raise ValueError(
