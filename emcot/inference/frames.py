@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from emcot.inference.finite import require_finite
-from emcot.inference.generation import GuidanceBranches, TraceGenerator, is_text
+from emcot.inference.stages import GuidanceBranches, TraceGenerator, is_text
 from emcot.io_utils import check_value
 from emcot.model.attention import KVCache
 from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample

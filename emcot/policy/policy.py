@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from emcot.inference.frames import FramePredictor, Frames
-from emcot.inference.generation import GenerationOptions, TraceGenerator
+from emcot.inference.stages import GenerationOptions, TraceGenerator
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.model.modeling import EmCoTModel

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from emcot.inference import generation
+from emcot.inference import stages
 from emcot.model.flow import FlowSamplerConfig
 from emcot.model.inputs import SegmentInputs
 from emcot.policy.policy import EmCoTPolicy
@@ -41,13 +41,13 @@ def sample():
 def velocity_fns(monkeypatch):
     """The velocity function of every denoising run, in order (the last one is the action chunk's)."""
     captured = []
-    real = generation.euler_sample
+    real = stages.euler_sample
 
     def spy(velocity_fn, noise, cfg, **kwargs):
         captured.append(velocity_fn)
         return real(velocity_fn, noise, cfg, **kwargs)
 
-    monkeypatch.setattr(generation, "euler_sample", spy)
+    monkeypatch.setattr(stages, "euler_sample", spy)
     return captured
 
 
