@@ -52,7 +52,8 @@ DEFAULT_QUESTION_TEMPLATE = f"{IM_START}user\n{{question}}{IM_END}\n{IM_START}as
 
 @dataclass(frozen=True)
 class SpecialTokenIds:
-    """Ids of the marker tokens; ``eos`` and ``pad`` are both ``<|endoftext|>`` (Qwen convention)."""
+    """Ids of the marker tokens, which the sequence planner places around each stage; ``eos`` and
+    ``pad`` are both ``<|endoftext|>`` (Qwen convention)."""
 
     think_start: int
     think_end: int

@@ -1,2 +1,7 @@
-"""One control step of a policy: its state, the stages prefill / reason / imagine / act, guidance,
-frame prediction and the finite-output check."""
+"""One control step of a policy (DESIGN §5).
+
+``options`` (GenerationOptions), ``state`` (TraceState, what the stages read and extend),
+``stages`` (prefill / reason / imagine / act and their composition, ``stream_trace``),
+``guidance`` (the unconditional branches and the velocity function), ``frames`` (frame
+prediction: prefill + imagine), ``trace`` (Trace, TraceEvent) and ``finite`` (the finite-output check).
+"""

@@ -1,33 +1,34 @@
 """Visual generation without a trace: context frames + a prompt → the predicted next frame.
 
-The plan is :func:`emcot.sequence.layouts.generation_layout`, the layout stage-1 ``generation`` samples
-train on. Everything before the noisy target is prefilled into a KV cache once and the target is
-denoised against it with the subgoal sampler, through the same helpers a trace uses to imagine its
-subgoal; guidance branches mirror the condition dropout of generation samples.
+Prediction is prefill + imagine. The plan is :func:`emcot.sequence.layouts.generation_layout`, the
+layout stage-1 ``generation`` samples train on: everything before the noisy target is prefilled
+into a KV cache once (a :class:`TraceState`), then the target is denoised against it with the
+subgoal sampler, through the same helpers a trace uses to imagine its subgoal; guidance branches
+mirror the condition dropout of generation samples (:func:`subgoal_guidance`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from emcot.inference.finite import require_finite
-from emcot.inference.stages import GuidanceBranches, TraceGenerator, is_text
-from emcot.io_utils import check_value
-from emcot.model.attention import KVCache
-from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample
+from emcot.inference.stages import decode_image, imagine_latents, seeded, with_overrides
+from emcot.inference.state import TraceState
+from emcot.model.embedding import require_latent_codec
+from emcot.model.flow import FlowSamplerConfig
 from emcot.model.inputs import FlowInput, SegmentInputs
 from emcot.sequence.layouts import generation_layout
-from emcot.sequence.plan import Segment, SequencePlan
+from emcot.sequence.plan import SequencePlan
 from emcot.tokenizers.vision_processing import validate_rgb_uint8
 
-# What the no-image branch drops: training drops the frames' ViT segments (dropout.vit) and their
-# clean latent copies (dropout.vae).
-IMAGE_ROLES = ("camera", "context_latent")
+if TYPE_CHECKING:  # handed in; importing them would run policy → inference back
+    from emcot.model.modeling import EmCoTModel
+    from emcot.policy.processor import EmCoTProcessor
 
 Frames = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 
@@ -52,32 +53,23 @@ def context_frames(frames: Frames) -> list[np.ndarray]:
     return [frame for _, frame in named]
 
 
-@dataclass
-class FrameContext:
-    """A prefilled prediction: the cached plan (everything before the noisy target), its KV cache,
-    the text ids of each cached segment, and the noisy target segment."""
-
-    plan: SequencePlan
-    cache: KVCache
-    text_ids: list[list[int]]
-    target: Segment
-
-
 class FramePredictor:
-    """Predicts the next frame with a :class:`TraceGenerator`'s model, processor and denoising helpers."""
+    """Predicts the next frame with a model and its processor: :meth:`prefill`, then :meth:`imagine`."""
 
-    def __init__(self, generator: TraceGenerator) -> None:
-        self.gen = generator
-        self.last_layout: SequencePlan | None = None
+    def __init__(self, model: EmCoTModel, processor: EmCoTProcessor) -> None:
+        self.model = model
+        self.proc = processor
 
     @torch.no_grad()
-    def prefill(self, frames: Frames, prompt: str, vae_context: bool = True) -> FrameContext:
+    def prefill(
+        self, frames: Frames, prompt: str, vae_context: bool = True, seed: int | None = None
+    ) -> TraceState:
         """Encode frames and prompt as training does and run everything before the target into a cache.
 
-        ``vae_context=False`` leaves out the frames' clean latent copies (a sample whose metadata
-        sets ``vae_context`` to False).
+        ``vae_context=False`` leaves out the frames' clean latent copies (a sample whose
+        ``vae_context`` is False); ``seed`` seeds the state's generator.
         """
-        model, proc = self.gen.model, self.gen.proc
+        model, proc = self.model, self.proc
         if model.config.vae is None:
             raise ValueError(
                 "predict_frame needs a model with a VAE (config.vae is None); load a policy trained "
@@ -87,19 +79,22 @@ class FramePredictor:
         prompt = proc.check_instruction(prompt)
         vit_inputs = [proc.vision(image) for image in images]
         grid = model.latent_grid
+        framed = proc.check_prompt_length(proc.tokenizer.frame_question(prompt))
         layout = generation_layout(
             vit_lengths=[h * w for _, (h, w) in vit_inputs],
             context_latents=len(images) if vae_context else 0,
             latent_tokens=grid[0] * grid[1],
-            framed_prompt=proc.check_prompt_length(proc.tokenizer.frame_question(prompt)),
+            framed_prompt=framed,
             special=proc.special,
         )
-        *cached, target = layout.segments
-        plan = SequencePlan(cached)
+        rng = seeded(seed)
+        started = time.perf_counter()
+        # The noisy target is the last segment; imagine adds it to the layout.
+        plan = SequencePlan(layout.segments[:-1])
         vit = model.encode_images(torch.cat([p for p, _ in vit_inputs]), [g for _, g in vit_inputs])
         flows = []
         if vae_context:
-            codec = model.latent_codec
+            codec = require_latent_codec(model)
             pixels = torch.stack([codec.preprocess(image) for image in images]).to(model.device, model.dtype)
             # The posterior mean, as an eval-mode training forward encodes (train mode may sample it).
             tokens, _ = codec.patchify(codec.encode(pixels, sample=False))
@@ -108,37 +103,28 @@ class FramePredictor:
         ids = torch.tensor([t for seg_ids in text_ids for t in seg_ids], dtype=torch.long)
         embeds = model.embed(plan, SegmentInputs(ids, vit, flows=flows))
         cache = model.new_cache()
-        model.run_plan(embeds, plan, 0, cache, write_cache=True)
-        self.last_layout = SequencePlan(list(layout.segments))
-        return FrameContext(plan, cache, text_ids, target)
-
-    def velocity(self, ctx: FrameContext, sampler: FlowSamplerConfig) -> VelocityFn:
-        """The target's velocity against the cache, with a guidance branch per scale that is not 1.
-
-        No-text hides the prompt and the ``<|vision_start|>`` marker; no-image is a separate cache
-        without the frames' ViT segments and clean latent copies.
-        """
-        gen, model = self.gen, self.gen.model
-        grid = model.latent_grid
-        guidance = GuidanceBranches(
-            hide=is_text if sampler.text_guidance != 1.0 else None,
-            no_image=(
-                gen.no_image_context(ctx.plan, ctx.text_ids, None, drop=IMAGE_ROLES)
-                if sampler.image_guidance != 1.0
-                else None
-            ),
+        hidden = model.run_plan(embeds, plan, 0, cache, write_cache=True)
+        state = TraceState(
+            plan=plan,
+            cache=cache,
+            text_ids=text_ids,
+            layout=SequencePlan(list(plan.segments)),
+            last_hidden=hidden[:, -1],
+            instruction=prompt,
+            framed_instruction=framed,
+            rng=rng,
+            stage_start=started,
         )
-        return gen.velocity_fn(
-            ctx.plan,
-            ctx.cache,
-            ctx.target,
-            lambda x, t: model.subgoal.embed(x, t, grid),
-            model.subgoal.velocity,
-            sampler,
-            guidance,
-        )
+        state.lap("prefix")
+        return state
 
     @torch.no_grad()
+    def imagine(self, state: TraceState, sampler: FlowSamplerConfig) -> Image.Image:
+        """Denoise the target after a prefilled ``state`` with ``sampler`` and decode it."""
+        image = decode_image(self.model, imagine_latents(self.model, state, sampler, "predicted frame"))
+        state.lap("frame")
+        return image
+
     def predict(
         self,
         frames: Frames,
@@ -150,12 +136,11 @@ class FramePredictor:
         image_guidance: float | None = None,
         vae_context: bool = True,
     ) -> Image.Image:
-        """Denoise the next frame with ``model.config.subgoal_sampler`` (arguments that are not None override it)."""
-        gen, model = self.gen, self.gen.model
-        sampler = gen.sampler(model.config.subgoal_sampler, steps, text_guidance, image_guidance)
-        ctx = self.prefill(frames, prompt, vae_context)
-        seed = check_value("seed", seed, int | None)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        noise = gen.noise((1, ctx.target.length, model.config.latent_token_dim), generator)
-        x0 = euler_sample(self.velocity(ctx, sampler), noise, sampler)
-        return gen.decode_image(require_finite(x0, "predicted frame", model))
+        """Prefill, then imagine with ``model.config.subgoal_sampler`` (arguments that are not None override it)."""
+        sampler = with_overrides(
+            self.model.config.subgoal_sampler,
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+        )
+        return self.imagine(self.prefill(frames, prompt, vae_context, seed), sampler)

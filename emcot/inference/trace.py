@@ -5,16 +5,28 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from PIL import Image
 
 from emcot.io_utils import read_json
+from emcot.sequence.plan import SequencePlan
+
+if TYPE_CHECKING:
+    from emcot.inference.state import TraceState
 
 
 @dataclass
 class Trace:
-    """Reasoning text, visual subgoal (or None) and an action chunk in robot units, with stage timings."""
+    """Reasoning text, visual subgoal (or None) and an action chunk in robot units, with stage timings.
+
+    A generated trace also keeps what a caller needs of its :class:`TraceState`: ``layout``, every
+    segment of the step in order with its noise segments (the teacher-forced training layout), and
+    ``subgoal_latents [1, n, d]``, the denoised subgoal before decoding. :meth:`save` writes neither,
+    so a loaded trace has None for both.
+    """
 
     reasoning: str
     subgoal: Image.Image | None
@@ -22,6 +34,8 @@ class Trace:
     timings: dict[str, float] = field(default_factory=dict)
     mode: str = "full"
     instruction: str = ""
+    layout: SequencePlan | None = field(default=None, repr=False, compare=False)
+    subgoal_latents: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``reasoning.txt``, ``subgoal.png`` (if any) and ``trace.json`` into ``folder``."""
@@ -68,10 +82,12 @@ class Trace:
 @dataclass
 class TraceEvent:
     """One streamed piece: ``kind`` is ``"reasoning"`` (``text`` holds the new characters),
-    ``"subgoal"`` (``image``), ``"actions"`` (``actions``) or ``"done"`` (``trace``)."""
+    ``"subgoal"`` (``image``), ``"actions"`` (``actions``) or ``"done"`` (``trace``, and ``state``:
+    the finished :class:`TraceState`, cache included)."""
 
     kind: str
     text: str = ""
     image: Image.Image | None = None
     actions: np.ndarray | None = None
     trace: Trace | None = None
+    state: TraceState | None = None

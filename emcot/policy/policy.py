@@ -15,12 +15,14 @@ import torch
 from PIL import Image
 
 from emcot.inference.frames import FramePredictor, Frames
-from emcot.inference.stages import GenerationOptions, TraceGenerator
+from emcot.inference.options import GenerationOptions
+from emcot.inference.stages import TraceStages
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.model.modeling import EmCoTModel
 from emcot.policy.folder import check_save_target, replace_folder
 from emcot.policy.processor import EmCoTProcessor
+from emcot.sequence.layouts import TraceMode
 from emcot.types import Observation
 
 GENERATION_FILE = "generation_config.json"
@@ -42,8 +44,8 @@ class EmCoTPolicy:
         self.model = model.eval()
         self.processor = processor
         self.generation = generation or GenerationOptions()
-        self._generator = TraceGenerator(model, processor)
-        self._frames = FramePredictor(self._generator)
+        self._stages = TraceStages(model, processor)
+        self._frames = FramePredictor(model, processor)
 
     @property
     def config(self):
@@ -64,19 +66,20 @@ class EmCoTPolicy:
         self,
         observation: Observation,
         instruction: str,
-        mode: str | None = None,
+        mode: TraceMode | str | None = None,
         seed: int | None = None,
         **options,
     ) -> Trace:
         """One control step: reasoning text, subgoal image (``mode="full"``) and an action chunk.
 
-        ``mode``: ``"full"``, ``"reason"`` (no subgoal) or ``"reactive"`` (actions only). Other
-        keyword options override the saved :class:`GenerationOptions` (e.g. ``subgoal_steps``,
-        ``text_guidance``, ``action_text_guidance``, ``max_reasoning_tokens``, ``robot``). The same
-        ``seed`` gives the same trace.
+        ``mode`` (a :class:`TraceMode` or its name): ``"full"``, ``"reason"`` (no subgoal) or
+        ``"reactive"`` (actions only). Other keyword options override the saved
+        :class:`GenerationOptions` (e.g. ``subgoal_steps``, ``text_guidance``,
+        ``action_text_guidance``, ``max_reasoning_tokens``, ``robot``). The same ``seed`` gives the
+        same trace; ``trace.layout`` and ``trace.subgoal_latents`` keep the step's plan.
         """
         for event in self.stream_trace(observation, instruction, mode=mode, seed=seed, **options):
-            if event.kind == "done":
+            if event.kind == "done" and event.trace is not None:
                 return event.trace
         raise RuntimeError("trace generation ended without a result")
 
@@ -84,16 +87,17 @@ class EmCoTPolicy:
         self,
         observation: Observation,
         instruction: str,
-        mode: str | None = None,
+        mode: TraceMode | str | None = None,
         seed: int | None = None,
         **options,
     ) -> Iterator[TraceEvent]:
         """Like :meth:`generate_trace`, yielding ``reasoning`` text pieces, the ``subgoal``, the
-        ``actions`` and finally ``done`` with the whole :class:`Trace`."""
+        ``actions`` and finally ``done`` with the whole :class:`Trace` and the finished
+        :class:`~emcot.inference.state.TraceState` (the stages of :mod:`emcot.inference.stages`)."""
         if mode is not None:
             options["mode"] = mode
         opts = self.generation.replace(**options)
-        return self._generator.stream(observation, instruction, opts, seed)
+        return self._stages.stream_trace(observation, instruction, opts, seed)
 
     def predict_frame(
         self,

@@ -11,9 +11,8 @@ import torch
 
 from emcot.config import EmCoTConfig
 from emcot.io_utils import check_fields, dataclass_from_dict, read_json
-from emcot.sequence.layouts import SpecialIds
 from emcot.tokenizers.actions import Normalizer, RobotNormStats
-from emcot.tokenizers.text import TextTokenizer
+from emcot.tokenizers.text import SpecialTokenIds, TextTokenizer
 from emcot.tokenizers.vision_processing import VisionImageProcessor
 from emcot.types import Observation
 
@@ -64,10 +63,7 @@ class EmCoTProcessor:
         self.norm_stats = norm_stats
         self.settings = processor_config or ProcessorConfig()
         self.vision = VisionImageProcessor(config.vision)
-        sp = tokenizer.special
-        self.special = SpecialIds(
-            sp.think_start, sp.think_end, sp.vision_start, sp.vision_end, sp.action_start, sp.eos
-        )
+        self.special: SpecialTokenIds = tokenizer.special
 
     @property
     def cameras(self) -> list[str]:

@@ -18,29 +18,34 @@ uses, so future-frame prediction trains exactly what subgoal imagination runs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
+from emcot.io_utils import parse_choice
 from emcot.sequence.plan import AttnMode, Modality, Segment
-
-TRACE_MODES = ("full", "reason", "reactive")
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Marker token ids the planner places around each stage."""
-
-    think_start: int
-    think_end: int
-    vision_start: int
-    vision_end: int
-    action_start: int
-    eos: int
+from emcot.tokenizers.text_base import SpecialTokenIds
 
 
-def check_mode(mode: str) -> str:
-    """Validate a trace mode name."""
-    if mode not in TRACE_MODES:
-        raise ValueError(f"unknown mode '{mode}'; choose one of {TRACE_MODES}")
-    return mode
+class TraceMode(str, Enum):
+    """What one control step produces (DESIGN §5); a plain string such as ``"full"`` parses to it."""
+
+    FULL = "full"  # reason → imagine a subgoal → act
+    REASON = "reason"  # reason → act
+    REACTIVE = "reactive"  # act only
+
+    @classmethod
+    def parse(cls, mode: str | TraceMode) -> TraceMode:
+        """The mode called ``mode``; a typo names the closest valid choice."""
+        return parse_choice(cls, mode, "mode")
+
+    @property
+    def reasons(self) -> bool:
+        """Whether the step decodes reasoning text (every mode but ``reactive``)."""
+        return self is not TraceMode.REACTIVE
+
+    @property
+    def imagines(self) -> bool:
+        """Whether the step imagines a visual subgoal (``full`` only)."""
+        return self is TraceMode.FULL
 
 
 def text(ids: list[int], role: str, loss: bool = False) -> tuple[Segment, list[int]]:
@@ -56,12 +61,12 @@ def observation_segments(vit_lengths: list[int], has_state: bool) -> list[Segmen
     return segments
 
 
-def prompt_ids(framed_instruction: list[int], mode: str, special: SpecialIds) -> list[int]:
+def prompt_ids(framed_instruction: list[int], mode: TraceMode, special: SpecialTokenIds) -> list[int]:
     """The instruction in its chat frame, followed by ``<|think_start|>`` when the mode reasons."""
-    return list(framed_instruction) + ([special.think_start] if mode != "reactive" else [])
+    return list(framed_instruction) + ([special.think_start] if mode.reasons else [])
 
 
-def reasoning_ids(reasoning: list[int], special: SpecialIds) -> list[int]:
+def reasoning_ids(reasoning: list[int], special: SpecialTokenIds) -> list[int]:
     """Reasoning tokens closed by ``<|think_end|>`` (the model learns to stop)."""
     return list(reasoning) + [special.think_end]
 
@@ -92,11 +97,11 @@ class SampleLayout:
 
 def trace_layout(
     *,
-    mode: str,
+    mode: TraceMode | str,
     vit_lengths: list[int],
     has_state: bool,
     framed_instruction: list[int],
-    special: SpecialIds,
+    special: SpecialTokenIds,
     reasoning: list[int] | None,
     subgoal_tokens: int,
     subgoal_vit_tokens: int,
@@ -104,7 +109,7 @@ def trace_layout(
     text_loss: bool = True,
 ) -> SampleLayout:
     """The complete layout of a trace; training uses it whole, generation reaches the same one."""
-    check_mode(mode)
+    mode = TraceMode.parse(mode)
     segments: list[Segment] = observation_segments(vit_lengths, has_state)
     ids: list[list[int]] = [[] for _ in segments]
 
@@ -113,13 +118,13 @@ def trace_layout(
         ids.append(tokens or [])
 
     add(*text(prompt_ids(framed_instruction, mode, special), "prompt"))
-    if mode != "reactive":
+    if mode.reasons:
         if reasoning is None:
             raise ValueError(
-                f"mode '{mode}' needs reasoning text; use mode='reactive' for action-only samples"
+                f"mode '{mode.value}' needs reasoning text; use mode='reactive' for action-only samples"
             )
         add(*text(reasoning_ids(reasoning, special), "reasoning", loss=text_loss))
-    if mode == "full":
+    if mode.imagines:
         block = subgoal_segments(subgoal_tokens, subgoal_vit_tokens)
         add(*text([special.vision_start], "vision_start"))
         for segment in block.values():
@@ -135,7 +140,7 @@ def vqa_layout(
     *,
     vit_lengths: list[int],
     turns: list[tuple[list[int], list[int]]],
-    special: SpecialIds,
+    special: SpecialTokenIds,
     answer_loss: bool = True,
 ) -> SampleLayout:
     """Images, then per turn a framed question (no loss) and its answer closed by EOS (cross-entropy)."""
@@ -159,7 +164,7 @@ def generation_layout(
     context_latents: int,
     latent_tokens: int,
     framed_prompt: list[int],
-    special: SpecialIds,
+    special: SpecialTokenIds,
 ) -> SampleLayout:
     """Context frames (ViT, then ``context_latents`` clean VAE copies), the prompt, the noisy target.
 

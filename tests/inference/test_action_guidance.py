@@ -125,13 +125,12 @@ def test_no_image_branch_is_the_reactive_sample_whatever_the_mode(policy, sample
 def test_full_mode_no_text_branch_sees_only_the_observation(policy, sample, velocity_fns):
     """The full trace's plan with every key but cameras and state hidden: what those hidden segments
     hold (here random embeddings) cannot change the no-text velocity."""
-    act(policy, sample, "full", **GUIDED)
+    plan = act(policy, sample, "full", **GUIDED).layout
     model, action = policy.model, policy.config.action
     x_t = torch.randn(1, action.horizon, action.action_dim, generator=torch.Generator().manual_seed(2))
     t = 0.63
     out = velocity_fns[-1](x_t, t)
 
-    plan = policy._generator.last_layout
     observed = [s.role in ("camera", "state") for s in plan.segments]
     n_obs = observed.index(False)
     assert all(observed[:n_obs]) and not any(observed[n_obs:]) and plan.segments[-1].role == "actions"

@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from emcot.inference.frames import FramePredictor
+from emcot.inference.guidance import subgoal_query, subgoal_velocity
 from emcot.model.flow import FlowSamplerConfig
 from emcot.policy.policy import EmCoTPolicy
 from emcot.synthetic.world import synthetic_samples
@@ -51,12 +53,14 @@ def test_prediction_layout_equals_the_training_layout(policy, scene, vae_context
     frames, sample = scene
     sample = dataclasses.replace(sample, vae_context=vae_context)
     batch = SampleCollator(policy.processor)([sample])
-    policy.predict_frame(frames, PROMPT, seed=0, steps=2, vae_context=vae_context)
-    predicted = policy._frames.last_layout.segments
+    # predict_frame is prefill + imagine; the state they share holds the layout.
+    predictor = FramePredictor(policy.model, policy.processor)
+    state = predictor.prefill(frames, PROMPT, vae_context, seed=0)
+    predictor.imagine(state, dataclasses.replace(policy.config.subgoal_sampler, num_steps=2))
+    predicted = state.layout.segments
     assert predicted == batch.plan.segments
     assert sum(s.role == "context_latent" for s in predicted) == (2 if vae_context else 0)
-    ctx = policy._frames.prefill(frames, PROMPT, vae_context)
-    assert [t for ids in ctx.text_ids for t in ids] == batch.text_ids.tolist()
+    assert [t for ids in state.text_ids for t in ids] == batch.text_ids.tolist()
 
 
 @pytest.mark.parametrize("vae_context", [True, False])
@@ -67,11 +71,12 @@ def test_cached_branch_velocities_equal_the_training_forward(policy, scene, vae_
     frames, sample = scene
     sample = dataclasses.replace(sample, vae_context=vae_context)
     model = policy.model
-    predictor = policy._frames
-    ctx = predictor.prefill(frames, PROMPT, vae_context)
-    velocity = predictor.velocity(ctx, FlowSamplerConfig.subgoal(text_guidance=2.0, image_guidance=2.0))
+    state = FramePredictor(model, policy.processor).prefill(frames, PROMPT, vae_context)
+    sampler = FlowSamplerConfig.subgoal(text_guidance=2.0, image_guidance=2.0)
+    velocity = subgoal_velocity(model, state, sampler)  # what FramePredictor.imagine denoises with
     token_dim = model.config.latent_token_dim
-    x_t = torch.randn(1, ctx.target.length, token_dim, generator=torch.Generator().manual_seed(0))
+    n_target = subgoal_query(model).segment.length
+    x_t = torch.randn(1, n_target, token_dim, generator=torch.Generator().manual_seed(0))
     t = 0.63
     out = velocity(x_t, t)
     rng = np.random.default_rng(0)

@@ -46,8 +46,7 @@ def test_tiny_model_overfits_reasoning_subgoal_and_actions(fitted):
 def test_training_and_generation_layouts_are_identical(fitted):
     policy, samples, _ = fitted
     sample = samples[0]
-    policy.generate_trace(sample.observation, sample.instruction, seed=0)
-    generated = policy._generator.last_layout.segments
+    generated = policy.generate_trace(sample.observation, sample.instruction, seed=0).layout.segments
     trained = SampleCollator(policy.processor)([sample]).plan.segments
     assert generated == trained
 
@@ -59,7 +58,7 @@ def test_reduced_modes(fitted, mode):
     assert trace.subgoal is None and trace.mode == mode
     assert trace.actions.shape == (8, 4)
     assert (trace.reasoning == "") == (mode == "reactive")
-    generated = policy._generator.last_layout.segments
+    generated = trace.layout.segments
     assert not any(s.role.startswith("subgoal") for s in generated)
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from emcot import EmCoTConfig, EmCoTModel, EmCoTPolicy, Observation, Trace
 from emcot.experts.config import ExpertConfig
-from emcot.inference.stages import GenerationOptions
+from emcot.inference.options import GenerationOptions
 from emcot.io_utils import load_safetensors_folder
 from emcot.model.flow import FlowSamplerConfig
 from emcot.policy.policy import DEFAULT_POLICY
