@@ -13,6 +13,7 @@ import time
 import torch
 
 from emcot.policy.policy import EmCoTPolicy
+from emcot.sequence.layouts import TraceMode
 from emcot.synthetic.world import synthetic_samples
 
 
@@ -25,8 +26,8 @@ def main() -> None:
     policy = EmCoTPolicy.default()
     sample = synthetic_samples(1, seed=0)[0]
     guided = {"action_text_guidance": 2.0, "action_image_guidance": 1.5}
-    for mode, options in [(m, {}) for m in ("full", "reason", "reactive")] + [
-        (m, guided) for m in ("full", "reactive")
+    for mode, options in [(m, {}) for m in TraceMode] + [
+        (m, guided) for m in (TraceMode.FULL, TraceMode.REACTIVE)
     ]:
         policy.generate_trace(sample.observation, sample.instruction, mode=mode, seed=0, **options)  # warm-up
         runs = [
@@ -37,7 +38,7 @@ def main() -> None:
         ]
         stages = runs[0].keys()
         summary = ", ".join(f"{k} {1000 * statistics.median(r[k] for r in runs):.1f} ms" for k in stages)
-        label = f"{mode}{' +act-cfg' if options else ''}"
+        label = f"{mode.value}{' +act-cfg' if options else ''}"
         print(f"{label:<17} (median of {args.repeats}, {args.threads} threads): {summary}")
     frame = sample.observation.images["head"]
     prompt = "Imagine the next scene: " + sample.instruction

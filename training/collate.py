@@ -12,17 +12,17 @@ import torch
 from emcot.io_utils import UNIT_INTERVAL, check_fields
 from emcot.model.inputs import SampleBatch
 from emcot.policy.processor import EmCoTProcessor
-from emcot.sequence.layouts import SampleLayout, generation_layout, trace_layout, vqa_layout
+from emcot.sequence.layouts import SampleLayout, TraceMode, generation_layout, trace_layout, vqa_layout
 from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
 from emcot.tokenizers.vae import resize_rgb, to_unit_range
 from emcot.types import EmCoTSample, SampleKind
 
 
-def sample_mode(sample: EmCoTSample) -> str:
+def sample_mode(sample: EmCoTSample) -> TraceMode:
     """``full`` with reasoning and subgoal, ``reason`` with reasoning only, else ``reactive``."""
     if sample.reasoning is None:
-        return "reactive"
-    return "full" if sample.subgoal is not None else "reason"
+        return TraceMode.REACTIVE
+    return TraceMode.FULL if sample.subgoal is not None else TraceMode.REASON
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class SampleCollator:
         return self.latent_grid[0] * self.latent_grid[1]
 
     def layout_for(
-        self, sample: EmCoTSample, mode: str, vit_lengths: list[int], subgoal_vit: int
+        self, sample: EmCoTSample, mode: TraceMode, vit_lengths: list[int], subgoal_vit: int
     ) -> SampleLayout:
         """The sample's segments (the same function generation follows)."""
         proc = self.processor
@@ -176,13 +176,13 @@ class SampleCollator:
         if sample.actions is None:
             raise ValueError("trace samples need an action chunk; mark VQA samples with kind=SampleKind.VQA")
         # Only action-only samples are dropped, and only when the recipe asks for it.
-        dropped = mode == "reactive" and self.dropout.action_samples
+        dropped = mode is TraceMode.REACTIVE and self.dropout.action_samples
         drop_text, drop_vit, _ = self.dropout.draw(rng if dropped else None)
         cameras = [] if drop_vit else proc.cameras
         vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
         latents: list[torch.Tensor] = []
         subgoal_vit = None
-        if mode == "full":
+        if mode.imagines:
             subgoal = self._vae_image(sample.subgoal)
             latents.append(to_unit_range(subgoal) if encode else torch.zeros(0))
             if config.subgoal_vit_copy:
@@ -194,7 +194,7 @@ class SampleCollator:
             subgoal_vit[1][0] * subgoal_vit[1][1] if subgoal_vit else 0,
         )
         out = _Encoded(layout, vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
-        out.latent_refs = [0, 0] if mode == "full" else []
+        out.latent_refs = [0, 0] if mode.imagines else []
         out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
         if encode:
             out.state = proc.encode_state(sample.observation, sample.robot)
