@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
@@ -36,7 +35,7 @@ def run_info(args: argparse.Namespace) -> int:
 
         folder = Path(args.folder)
         model = load_model(folder)
-        config = cast(EmCoTConfig, model.config)
+        config = model.config
         title = str(folder)
         if (folder / "norm_stats.json").is_file():
             stats = RobotNormStats.load(folder / "norm_stats.json")

@@ -110,7 +110,8 @@ def convert_halo_checkpoint(
     with init_empty_weights(include_buffers=False):
         model = EmCoTModel(config)
     model.load_state_dict(ours, strict=True, assign=True)
-    model.to(dtype=dtype or halo_sd["language_model.model.embed_tokens.weight"].dtype)
+    # transformers wraps PreTrainedModel.to with functools.wraps, which hides `self` from mypy.
+    model.to(dtype=dtype or halo_sd["language_model.model.embed_tokens.weight"].dtype)  # type: ignore[call-arg]
     action_dim = config.action.action_dim
     identity = NormStats(
         mean=np.zeros(action_dim), std=np.ones(action_dim), q01=-np.ones(action_dim),

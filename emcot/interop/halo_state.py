@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -193,7 +194,7 @@ def _vision_config(sd: dict[str, Tensor], vit_config: dict | None) -> VisionEnco
                 f"no vit_config.json and the ViT width {hidden} is not SigLIP so400m's; "
                 "put the SigLIP config.json next to the weights as vit_config.json"
             )
-        vc = dict(
+        vc: dict[str, Any] = dict(
             hidden_size=hidden,
             intermediate_size=preset.intermediate_size,
             num_attention_heads=preset.num_heads,
