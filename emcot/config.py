@@ -96,7 +96,7 @@ class FlowSamplerConfig:
     def actions(cls, **overrides: Any) -> FlowSamplerConfig:
         """HALO's action preset: 10 linear steps, guidance off (scales 1.0).
 
-        Scales above 1 turn on action guidance (see ``TraceGenerator._act``); they help only a policy
+        Scales above 1 turn on action guidance (see :func:`emcot.inference.guidance.action_guidance`); they help only a policy
         whose action-only samples were trained with text and image dropout.
         """
         return cls(**overrides)

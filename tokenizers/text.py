@@ -162,7 +162,8 @@ class HFTextTokenizer(TextTokenizer):
         bpe.train_from_iterator(texts, trainer=trainer)
         model = json.loads(bpe.to_str())["model"]
         merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-        hf = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)
+        # transformers 5 takes merge pairs at run time; its annotation still names only strings.
+        hf = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)  # type: ignore[arg-type]
         hf.add_tokens(
             [AddedToken(s, special=True, normalized=False) for s in _QWEN_BASE_SPECIALS], special_tokens=True
         )
@@ -188,9 +189,11 @@ class HFTextTokenizer(TextTokenizer):
             # Filter our markers explicitly: a base vocabulary may not flag all of them as special.
             ids = [i for i in ids if i not in self._special_ids]
         # No clean-up of spaces, so byte-level BPE round trips exactly.
-        return self._tok.decode(
+        text = self._tok.decode(
             ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
         )
+        assert isinstance(text, str)  # one id list decodes to one string
+        return text
 
     def __len__(self) -> int:
         return len(self._tok)

@@ -68,7 +68,8 @@ class _Encoded:
     """One sample's layout and its inputs in plan order (``latent_refs``: per latent segment, an index into ``latents``)."""
 
     layout: SampleLayout
-    vit: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)
+    # Patches are None when only counting tokens (``encode=False``).
+    vit: list[tuple[torch.Tensor | None, tuple[int, int]]] = field(default_factory=list)
     state: torch.Tensor | None = None
     latents: list[torch.Tensor] = field(default_factory=list)
     latent_refs: list[int] = field(default_factory=list)
@@ -164,7 +165,11 @@ class SampleCollator:
     def _encode(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool = True) -> _Encoded:
         return self._encoders[sample.kind](sample, rng, encode)
 
-    def _vae_image(self, image: np.ndarray) -> np.ndarray:
+    def _vae_image(self, image: np.ndarray | None) -> np.ndarray:
+        if image is None:
+            raise ValueError(
+                "this sample needs an image for the VAE (a subgoal or target frame) but has none"
+            )
         if self.processor.config.vae is None:
             raise ValueError("this sample needs a VAE image but the model has no VAE (config.vae is None)")
         return resize_rgb(np.asarray(image), self.processor.config.vae.image_size)
@@ -249,7 +254,10 @@ class SampleCollator:
     def _pack(self, encoded: list[_Encoded]) -> SampleBatch:
         config = self.processor.config
         plan = SequencePlan.pack([SequencePlan(e.layout.segments) for e in encoded])
-        flat_ids, loss_pos, loss_tgt, drop = [], [], [], []
+        flat_ids: list[int] = []
+        loss_pos: list[int] = []
+        loss_tgt: list[int] = []
+        drop: list[bool] = []
         offset = 0
         all_ids = (ids for e in encoded for ids in e.layout.text_ids)
         all_drop = (d for e in encoded for d in e.drop)
@@ -261,14 +269,15 @@ class SampleCollator:
                     loss_tgt += ids
             drop += [dropped] * segment.length
             offset += segment.length
-        latent_images, latent_index = [], []
+        latent_images: list[torch.Tensor] = []
+        latent_index: list[int] = []
         for e in encoded:
             latent_index += [len(latent_images) + r for r in e.latent_refs]
             latent_images += e.latents
-        vit = [v for e in encoded for v in e.vit]
+        vit = [(p, g) for e in encoded for p, g in e.vit if p is not None]  # packing always encodes
         states = [e.state for e in encoded if e.state is not None]
         actions = [e.action for e in encoded if e.action is not None]
-        pads = [e.pad for e in encoded if e.action is not None]
+        pads = [e.pad for e in encoded if e.pad is not None]  # set together with the action
         act = config.action
         image_hw = config.vae.image_size if config.vae is not None else (1, 1)
         return SampleBatch(

@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from emcot.sequence.layouts import TraceMode
+
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
     from emcot.inference.trace import Trace
     from emcot.policy.policy import EmCoTPolicy
 
-MODES = ("full", "reason", "reactive")
+# Trace modes for --mode; importing the enum is light (sequence.layouts needs only torch).
+MODES = tuple(mode.value for mode in TraceMode)
 
 # ---------------------------------------------------------------------------------------------
 # Argument types.

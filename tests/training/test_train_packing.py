@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from emcot.sequence.layouts import SpecialIds, generation_layout, subgoal_segments, vqa_layout
+from emcot.sequence.layouts import generation_layout, subgoal_segments, vqa_layout
 from emcot.sequence.plan import AttnMode, Modality
 from emcot.synthetic.world import (
     build_synthetic_policy,
@@ -18,12 +18,17 @@ from emcot.synthetic.world import (
     synthetic_samples,
     synthetic_vqa_samples,
 )
+from emcot.tokenizers.text_base import SpecialTokenIds
 from emcot.training.collate import ConditionDropout, SampleCollator
 from emcot.training.data.vqa import LlavaVQADataset, conversation_turns
 from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
 from emcot.types import SampleKind
 
-SPECIAL = SpecialIds(1, 2, 3, 4, 5, 0)
+# The layouts place think/vision/action markers and EOS only; the other ids are distinct fillers.
+SPECIAL = SpecialTokenIds(
+    think_start=1, think_end=2, vision_start=3, vision_end=4, action_start=5,
+    action_end=6, im_start=13, im_end=14, eos=0, pad=0,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
