@@ -102,21 +102,16 @@ class FramePredictor:
         text_ids = layout.text_ids[:-1]
         ids = torch.tensor([t for seg_ids in text_ids for t in seg_ids], dtype=torch.long)
         embeds = model.embed(plan, SegmentInputs(ids, vit, flows=flows))
-        cache = model.new_cache()
-        hidden = model.run_plan(embeds, plan, 0, cache, write_cache=True)
-        state = TraceState(
-            plan=plan,
-            cache=cache,
+        return TraceState.prefilled(
+            model,
+            plan,
+            embeds,
             text_ids=text_ids,
-            layout=SequencePlan(list(plan.segments)),
-            last_hidden=hidden[:, -1],
             instruction=prompt,
             framed_instruction=framed,
-            rng=rng,
             stage_start=started,
+            rng=rng,
         )
-        state.lap("prefix")
-        return state
 
     @torch.no_grad()
     def imagine(self, state: TraceState, sampler: FlowSamplerConfig) -> Image.Image:

@@ -138,22 +138,17 @@ class TraceStages:
         prefix = SequencePlan(observation_segments([h * w for h, w in grids], states is not None) + [prompt])
         vit = model.encode_images(patches, grids)
         embeds = model.embed(prefix, SegmentInputs(torch.tensor(ids), vit, states))
-        cache = model.new_cache()
-        hidden = model.run_plan(embeds, prefix, 0, cache, write_cache=True)
-        state = TraceState(
-            plan=prefix,
-            cache=cache,
+        return TraceState.prefilled(
+            model,
+            prefix,
+            embeds,
             text_ids=[ids if seg is prompt else [] for seg in prefix.segments],
-            layout=SequencePlan(list(prefix.segments)),
-            last_hidden=hidden[:, -1],
             instruction=instruction,
             framed_instruction=framed,
+            stage_start=started,
             states=states,
             rng=rng,
-            stage_start=started,
         )
-        state.lap("prefix")
-        return state
 
     @torch.no_grad()
     def reason(self, state: TraceState, options: GenerationOptions) -> Generator[TraceEvent, None, str]:

@@ -44,6 +44,39 @@ class TraceState:
     # perf_counter() when the running stage began; `lap` closes the stage.
     stage_start: float = field(default_factory=time.perf_counter)
 
+    @classmethod
+    def prefilled(
+        cls,
+        model: EmCoTModel,
+        plan: SequencePlan,
+        embeds: torch.Tensor,
+        *,
+        text_ids: list[list[int]],
+        instruction: str,
+        framed_instruction: list[int],
+        stage_start: float,
+        states: torch.Tensor | None = None,
+        rng: torch.Generator | None = None,
+    ) -> TraceState:
+        """The state after running ``plan``'s prefix (input embeddings ``embeds``) into a new cache;
+        its time since ``stage_start`` is recorded as the ``prefix`` stage."""
+        cache = model.new_cache()
+        hidden = model.run_plan(embeds, plan, 0, cache, write_cache=True)
+        state = cls(
+            plan=plan,
+            cache=cache,
+            text_ids=text_ids,
+            layout=SequencePlan(list(plan.segments)),
+            last_hidden=hidden[:, -1],
+            instruction=instruction,
+            framed_instruction=framed_instruction,
+            states=states,
+            rng=rng,
+            stage_start=stage_start,
+        )
+        state.lap("prefix")
+        return state
+
     def extend(
         self, model: EmCoTModel, segment: Segment, embeds: torch.Tensor, ids: list[int] | None = None
     ) -> None:
