@@ -116,7 +116,7 @@ class EmCoTPolicy:
         ``Observation.images``. ``prompt`` is what a ``generation`` training sample carries as its
         instruction (e.g. ``"Imagine the next scene: push the red block to the left."``). ``steps``
         and the guidance scales override ``config.subgoal_sampler``; ``vae_context=False`` drops the
-        frames' clean latent copies, as samples with ``metadata["vae_context"] = False`` are trained.
+        frames' clean latent copies, as samples with ``vae_context=False`` are trained.
         The same ``seed`` gives the same image.
         """
         return self._frames.predict(
