@@ -17,6 +17,7 @@ _LAZY = {
     "EmCoTPolicy": "emcot.policy.policy",
     "Trace": "emcot.inference.trace",
     "Observation": "emcot.types",
+    "PolicySession": "emcot.runtime.session",
     "EmCoTSample": "emcot.types",
 }
 

@@ -27,6 +27,7 @@ from emcot.inference.guidance import (
     velocity_fn,
 )
 from emcot.inference.options import GenerationOptions
+from emcot.inference.plan import KeptPlan
 from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import check_value
@@ -34,7 +35,7 @@ from emcot.model.embedding import require_latent_codec, require_subgoal
 from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample
 from emcot.model.inputs import SegmentInputs
 from emcot.model.sampling import next_token
-from emcot.sequence.layouts import observation_segments, prompt_ids, subgoal_segments, text
+from emcot.sequence.layouts import TraceMode, observation_segments, prompt_ids, subgoal_segments, text
 from emcot.sequence.plan import SequencePlan
 from emcot.types import Observation
 
@@ -197,6 +198,14 @@ class TraceStages:
             image_guidance=options.image_guidance,
         )
         x0 = imagine_latents(model, state, sampler, "subgoal image")
+        subgoal = self._attach_subgoal(state, x0)
+        state.lap("subgoal")
+        return subgoal
+
+    def _attach_subgoal(self, state: TraceState, x0: torch.Tensor) -> Image.Image:
+        """Append denoised subgoal latents as the clean segments training shows after its noisy
+        ones (latent copy, optional ViT copy of the decoded image), then ``<|vision_end|><|action_start|>``."""
+        model, special = self.model, self.proc.special
         zero = torch.zeros(1, device=model.device, dtype=x0.dtype)
         clean = require_subgoal(model).embed(x0, zero, model.latent_grid)
         state.extend(model, subgoal_segments(x0.shape[1], 0)["clean"], clean)
@@ -206,8 +215,51 @@ class TraceStages:
             vit_copy = model.encode_images(patches, [grid])[0]
             state.extend(model, subgoal_segments(x0.shape[1], vit_copy.shape[0])["vit"], vit_copy[None])
         self._marker(state, [special.vision_end, special.action_start], "action_start")
-        state.lap("subgoal")
         return subgoal
+
+    @torch.no_grad()
+    def recall(self, state: TraceState, plan: KeptPlan) -> Image.Image | None:
+        """Teacher-force a kept plan after the prefix: its reasoning ids as the reasoning segment and
+        its subgoal latents as the clean subgoal block, the layout a training sample with that
+        reasoning and subgoal has (the noisy subgoal segment enters the layout, never the cache)."""
+        model = self.model
+        subgoal = None
+        if plan.reasoning_ids:
+            segment, ids = text(plan.reasoning_ids, "reasoning", loss=True)
+            state.extend(model, segment, embed_text(model, ids), ids)
+        if plan.subgoal_latents is not None:
+            x0 = plan.subgoal_latents.to(model.device, model.dtype)
+            self._marker(state, [self.proc.special.vision_start], "vision_start")
+            state.layout.append(subgoal_segments(x0.shape[1], 0)["noisy"])
+            state.x0 = x0
+            subgoal = self._attach_subgoal(state, x0)
+        state.lap("recall")
+        return subgoal
+
+    def act_on_plan(
+        self, observation: Observation, plan: KeptPlan, options: GenerationOptions, seed: int | None
+    ) -> tuple[Trace, TraceState]:
+        """A step that keeps ``plan``: prefill the new observation, :meth:`recall` the plan, act."""
+        options = dataclasses.replace(options, mode=plan.mode)
+        state = self.prefill(observation, plan.instruction, options, seed)
+        subgoal = self.recall(state, plan)
+        actions = self.act(state, options)
+        return self._trace(state, plan.mode, plan.reasoning, subgoal, actions), state
+
+    @staticmethod
+    def _trace(
+        state: TraceState, mode: TraceMode, reasoning: str, subgoal: Image.Image | None, actions: np.ndarray
+    ) -> Trace:
+        return Trace(
+            reasoning=reasoning,
+            subgoal=subgoal,
+            actions=actions,
+            timings={**state.timings, "total": sum(state.timings.values())},
+            mode=mode.value,
+            instruction=state.instruction,
+            layout=SequencePlan(list(state.layout.segments)),
+            subgoal_latents=state.x0,
+        )
 
     @torch.no_grad()
     def act(self, state: TraceState, options: GenerationOptions) -> np.ndarray:
@@ -251,14 +303,4 @@ class TraceStages:
             yield TraceEvent("subgoal", image=subgoal)
         actions = self.act(state, options)
         yield TraceEvent("actions", actions=actions)
-        trace = Trace(
-            reasoning=reasoning,
-            subgoal=subgoal,
-            actions=actions,
-            timings={**state.timings, "total": sum(state.timings.values())},
-            mode=mode.value,
-            instruction=state.instruction,
-            layout=SequencePlan(list(state.layout.segments)),
-            subgoal_latents=state.x0,
-        )
-        yield TraceEvent("done", trace=trace, state=state)
+        yield TraceEvent("done", trace=self._trace(state, mode, reasoning, subgoal, actions), state=state)

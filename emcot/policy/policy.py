@@ -16,7 +16,9 @@ from PIL import Image
 
 from emcot.inference.frames import FramePredictor, Frames
 from emcot.inference.options import GenerationOptions
+from emcot.inference.plan import KeptPlan
 from emcot.inference.stages import TraceStages
+from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.model.modeling import EmCoTModel
@@ -98,6 +100,15 @@ class EmCoTPolicy:
             options["mode"] = mode
         opts = self.generation.replace(**options)
         return self._stages.stream_trace(observation, instruction, opts, seed)
+
+    def act_on_plan(
+        self, observation: Observation, plan: KeptPlan, seed: int | None = None, **options
+    ) -> tuple[Trace, TraceState]:
+        """One step that keeps ``plan`` (a :class:`KeptPlan` of an earlier step): the new observation
+        is prefilled, the plan's reasoning and subgoal are teacher-forced as clean segments (the
+        training layout), and only the action flow runs. Returns the trace and its final state."""
+        opts = self.generation.replace(**options)
+        return self._stages.act_on_plan(observation, plan, opts, seed)
 
     def predict_frame(
         self,
