@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image
 
 from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace
@@ -21,7 +22,7 @@ class KeptPlan:
     reasoning_ids: list[int]
     subgoal_latents: torch.Tensor | None
     made_at: int = 0
-    subgoal_image: object = field(default=None, repr=False, compare=False)
+    subgoal_image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def mode(self) -> TraceMode:

@@ -202,14 +202,18 @@ class TraceStages:
         state.lap("subgoal")
         return subgoal
 
-    def _attach_subgoal(self, state: TraceState, x0: torch.Tensor) -> Image.Image:
+    def _attach_subgoal(
+        self, state: TraceState, x0: torch.Tensor, decoded: Image.Image | None = None
+    ) -> Image.Image:
         """Append denoised subgoal latents as the clean segments training shows after its noisy
-        ones (latent copy, optional ViT copy of the decoded image), then ``<|vision_end|><|action_start|>``."""
+        ones (latent copy, optional ViT copy of the decoded image), then ``<|vision_end|><|action_start|>``.
+
+        ``decoded`` is ``x0``'s image when already known (a kept plan), so it is not decoded again."""
         model, special = self.model, self.proc.special
         zero = torch.zeros(1, device=model.device, dtype=x0.dtype)
         clean = require_subgoal(model).embed(x0, zero, model.latent_grid)
         state.extend(model, subgoal_segments(x0.shape[1], 0)["clean"], clean)
-        subgoal = decode_image(model, x0)
+        subgoal = decoded if decoded is not None else decode_image(model, x0)
         if model.config.subgoal_vit_copy:
             patches, grid = self.proc.vision(np.asarray(subgoal))
             vit_copy = model.encode_images(patches, [grid])[0]
@@ -232,7 +236,7 @@ class TraceStages:
             self._marker(state, [self.proc.special.vision_start], "vision_start")
             state.layout.append(subgoal_segments(x0.shape[1], 0)["noisy"])
             state.x0 = x0
-            subgoal = self._attach_subgoal(state, x0)
+            subgoal = self._attach_subgoal(state, x0, plan.subgoal_image)
         state.lap("recall")
         return subgoal
 
