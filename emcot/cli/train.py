@@ -65,14 +65,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point."""
-    parser = add_train_arguments(argparse.ArgumentParser(prog="emcot train", description=__doc__))
-    args = parser.parse_args(argv)
-    try:
-        return run_train(args)
-    except ValueError as err:  # one line, like the `emcot` console script
-        print(f"emcot train: error: {err}", file=sys.stderr)
-        return 1
+    """Stand-alone entry point (``python -m emcot.cli.train`` under torchrun/accelerate): the
+    ``emcot train`` command, with the console script's one-line errors and ``--debug``."""
+    from emcot.cli.main import main as emcot_main
+
+    return emcot_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def save_to(target: str):
         work = scratch / "work"
         work.mkdir(exist_ok=True)
         (work / "mine.txt").write_text("user file")
-        import os
-
         cwd = os.getcwd()
         os.chdir(work)
         try:
