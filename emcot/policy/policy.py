@@ -21,6 +21,7 @@ from emcot.inference.stages import TraceStages
 from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
+from emcot.model.embedding import require_latent_codec
 from emcot.model.modeling import EmCoTModel
 from emcot.policy.folder import check_save_target, replace_folder
 from emcot.policy.processor import EmCoTProcessor
@@ -109,6 +110,18 @@ class EmCoTPolicy:
         training layout), and only the action flow runs. Returns the trace and its final state."""
         opts = self.generation.replace(**options)
         return self._stages.act_on_plan(observation, plan, opts, seed)
+
+    @torch.no_grad()
+    def image_latents(self, image: np.ndarray) -> torch.Tensor:
+        """Latent tokens [1, N, D] of a uint8 (H, W, 3) image in the space of ``Trace.subgoal_latents``
+        (the VAE posterior mean at the subgoal size), e.g. to compare a camera frame with a subgoal."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be a uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+        codec = require_latent_codec(self.model)
+        pixels = codec.preprocess(image)[None].to(self.model.device, self.model.dtype)
+        tokens, _ = codec.patchify(codec.encode(pixels, sample=False))
+        return tokens
 
     def predict_frame(
         self,

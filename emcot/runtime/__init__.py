@@ -1,9 +1,24 @@
-"""Running a policy on a robot: `PolicySession` with plan reuse and typed re-planning rules."""
+"""Running a policy on a robot: `PolicySession` with plan reuse, typed re-planning rules and
+asynchronous thinking; calibration of the subgoal-reached rule."""
 
-from emcot.runtime.rules import EveryK, InstructionChanged, OnRequest, PlanAge, ReplanRule, StepContext
+from emcot.runtime.rules import (
+    RULES,
+    SUBGOAL_REACHED_THRESHOLD,
+    EveryK,
+    InstructionChanged,
+    OnRequest,
+    PlanAge,
+    ReplanRule,
+    StepContext,
+    SubgoalReached,
+    parse_rule,
+    parse_rules,
+)
 from emcot.runtime.session import PolicySession, StepResult
 
 __all__ = [
+    "RULES",
+    "SUBGOAL_REACHED_THRESHOLD",
     "EveryK",
     "InstructionChanged",
     "OnRequest",
@@ -12,4 +27,7 @@ __all__ = [
     "ReplanRule",
     "StepContext",
     "StepResult",
+    "SubgoalReached",
+    "parse_rule",
+    "parse_rules",
 ]

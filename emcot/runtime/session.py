@@ -2,13 +2,16 @@
 
 A planning step runs the whole trace (reasoning, subgoal, actions) and keeps its plan. Other steps
 prefill the new observation, teacher-force the kept plan as clean segments (exactly the training
-layout) and run only the action flow (DESIGN §5).
+layout) and run only the action flow (DESIGN §5). With ``async_replan`` the planning trace runs in
+a background thread while steps keep acting on the last plan; the new plan swaps in between steps.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +28,29 @@ from emcot.types import Observation
 
 @dataclass
 class StepResult:
-    """One session step: ``actions`` in robot units (``n_action_steps`` of the chunk), whether it
-    re-planned and which rule fired (``reason``), its ``trace`` and per-stage ``timings``."""
+    """One session step: ``actions`` in robot units (``n_action_steps`` of the chunk), whether they
+    come from a new plan (``replanned``), which rule fired at this step (``reason``), the step's
+    ``trace``, per-stage ``timings`` and ``plan_id``, the number of the plan the actions answer
+    (0 for the session's first plan, counting up).
+
+    In a synchronous session ``replanned`` is true exactly when a rule fired. With ``async_replan``
+    a rule starts the thinking (``reason`` set, ``replanned`` false) and the first step that acts
+    on the finished plan has ``replanned`` true."""
 
     actions: np.ndarray
     replanned: bool
     reason: str | None
     trace: Trace
     timings: dict[str, float] = field(default_factory=dict)
+    plan_id: int = 0
+
+
+@dataclass(frozen=True)
+class _PlanRequest:
+    observation: Observation
+    instruction: str
+    seed: int | None
+    step: int
 
 
 class PolicySession:
@@ -40,7 +58,10 @@ class PolicySession:
     openpi's ``BasePolicy`` contract. Sessions share nothing but the policy's weights.
 
     ``replan``: the rules to ask (default: on request, instruction changed, plan 8 steps old).
-    ``seed``: step ``i`` uses ``seed + i``, so a fresh session with the same seed repeats itself.
+    ``seed``: step ``i`` uses ``seed + i``, so a fresh synchronous session with the same seed
+    repeats itself bit for bit. ``async_replan``: think in a background thread (one per session)
+    and act on the newest finished plan meanwhile; an asynchronous session is as deterministic as
+    the thread's timing, so use ``close()`` (or ``with``) to stop the thread.
     """
 
     def __init__(
@@ -51,6 +72,7 @@ class PolicySession:
         mode: TraceMode | str = TraceMode.FULL,
         n_action_steps: int | None = None,
         seed: int | None = None,
+        async_replan: bool = False,
     ) -> None:
         self.policy = policy
         self.rules = tuple(replan)
@@ -65,30 +87,65 @@ class PolicySession:
                 f"n_action_steps must lie in [1, {horizon}] (the chunk length), got {n_action_steps}"
             )
         self.seed = check_value("seed", seed, int | None)
+        self.async_replan = check_value("async_replan", async_replan, bool)
         self.instruction: str | None = None
         self.plan: KeptPlan | None = None
+        self.plan_id = -1
         self.steps = 0
         self._requested = False
+        self._worker: ThreadPoolExecutor | None = None
+        self._thinking: Future[KeptPlan] | None = None
+        self._lock = threading.Lock()
 
     def reset(self, instruction: str) -> None:
-        """Start an episode: forget the plan and the step count."""
+        """Start an episode: forget the plan (and any plan still being thought) and the step count."""
         self.instruction = self.policy.processor.check_instruction(instruction)
+        with self._lock:
+            self._thinking = None
         self.plan = None
         self.steps = 0
         self._requested = False
+
+    def close(self) -> None:
+        """Stop the background thinking thread (asynchronous sessions); the session stays usable."""
+        with self._lock:
+            worker, self._worker, self._thinking = self._worker, None, None
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> PolicySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def thinking(self) -> bool:
+        """Whether a plan is being thought in the background (asynchronous sessions)."""
+        return self._thinking is not None
 
     def replan(self) -> None:
         """Ask for a new plan on the next step (the :class:`~emcot.runtime.rules.OnRequest` rule)."""
         self._requested = True
 
-    def _reason_to_replan(self) -> str | None:
-        if self.plan is None:
+    def _reason_to_replan(self, observation: Observation) -> str | None:
+        plan = self.plan
+        if plan is None:
             return "no_plan"
+
+        def distance() -> float | None:
+            if plan.subgoal_latents is None:
+                return None
+            current = self.policy.image_latents(observation.images[self.policy.cameras[0]])
+            target = plan.subgoal_latents.to(current.device, current.dtype)
+            return float((current - target).pow(2).mean().sqrt())
+
         context = StepContext(
             step=self.steps,
-            plan_age=self.steps - self.plan.made_at,
-            instruction_changed=self.plan.instruction != self.instruction,
+            plan_age=self.steps - plan.made_at,
+            instruction_changed=plan.instruction != self.instruction,
             requested=self._requested,
+            measure_subgoal_distance=distance,
         )
         return next((rule.name for rule in self.rules if rule.fires(context)), None)
 
@@ -99,39 +156,78 @@ class PolicySession:
         if self.instruction is None:
             raise ValueError("call reset(instruction) before step(observation)")
         seed = None if self.seed is None else self.seed + self.steps
-        reason = self._reason_to_replan()
         started = time.perf_counter()
-        if reason is not None or self.plan is None:
-            trace, state = self._plan_step(observation, seed)
-            self.plan = KeptPlan.from_step(trace, state, made_at=self.steps)
-            self._requested = False
+        swapped = self._swap_in_finished_plan()
+        reason = None if self.thinking else self._reason_to_replan(observation)
+        if reason is not None and (self.plan is None or not self.async_replan):
+            trace, state = self._plan_step(observation, self.instruction, seed)
+            self._keep(KeptPlan.from_step(trace, state, made_at=self.steps))
+            replanned = True
         else:
+            if reason is not None:
+                self._think(_PlanRequest(observation, self.instruction, seed, self.steps))
+            assert self.plan is not None
             trace, _ = self.policy.act_on_plan(observation, self.plan, seed=seed)
+            replanned = swapped
         timings = {**trace.timings, "step": time.perf_counter() - started}
         self.steps += 1
         actions = trace.actions if self.n_action_steps is None else trace.actions[: self.n_action_steps]
-        return StepResult(actions, reason is not None, reason, trace, timings)
+        return StepResult(actions, replanned, reason, trace, timings, self.plan_id)
 
-    def _plan_step(self, observation: Observation, seed: int | None):
-        assert self.instruction is not None
-        for event in self.policy.stream_trace(observation, self.instruction, mode=self.mode, seed=seed):
+    def _keep(self, plan: KeptPlan) -> None:
+        self.plan = plan
+        self.plan_id += 1
+        self._requested = False
+
+    def _plan_step(self, observation: Observation, instruction: str, seed: int | None):
+        for event in self.policy.stream_trace(observation, instruction, mode=self.mode, seed=seed):
             if event.kind == "done" and event.trace is not None and event.state is not None:
                 return event.trace, event.state
         raise RuntimeError("trace generation ended without a result")
 
+    def _think(self, request: _PlanRequest) -> None:
+        """Start a planning trace in the background thread."""
+        with self._lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emcot-think")
+            self._thinking = self._worker.submit(self._plan_in_background, request)
+        self._requested = False
+
+    def _plan_in_background(self, request: _PlanRequest) -> KeptPlan:
+        trace, state = self._plan_step(request.observation, request.instruction, request.seed)
+        return KeptPlan.from_step(trace, state, made_at=request.step)
+
+    def _swap_in_finished_plan(self) -> bool:
+        """Between steps: take a finished background plan (one assignment, so a step acts on
+        exactly one plan; ``reset`` drops a plan of the last episode). A failed background trace raises here, on the robot's thread."""
+        with self._lock:
+            thinking = self._thinking
+            if thinking is None or not thinking.done():
+                return False
+            self._thinking = None
+        plan = thinking.result()
+        self._keep(plan)
+        return True
+
     def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """openpi ``BasePolicy.infer``: ``{"images": {camera: HxWx3 uint8}, "state": ..., "prompt": str}``
         → ``{"actions", "reasoning", "replanned", "policy_timing"}``. A new ``prompt`` replaces the
-        instruction (and so re-plans through :class:`InstructionChanged`)."""
+        instruction (and so re-plans through :class:`InstructionChanged`); ``"reset": True`` starts
+        a new episode (openpi clients send nothing on ``reset()``, so a robot loop says it here)."""
         if not isinstance(obs, Mapping):
             raise ValueError(f"infer takes an observation dict, got {type(obs).__name__}")
-        unknown = sorted(set(obs) - {"images", "state", "prompt"})
+        unknown = sorted(set(obs) - {"images", "state", "prompt", "reset"})
         if unknown:
-            raise ValueError(f"unknown observation keys {unknown}; expected 'images', 'state', 'prompt'")
+            raise ValueError(
+                f"unknown observation keys {unknown}; expected 'images', 'state', 'prompt' (and optionally 'reset')"
+            )
         if "images" not in obs:
             raise ValueError("the observation dict needs 'images': {camera_name: HxWx3 uint8 array}")
         prompt = obs.get("prompt")
-        if prompt is not None and self.instruction is None:
+        start = check_value("reset", obs.get("reset", False), bool)
+        if start or (prompt is not None and self.instruction is None):
+            if prompt is None:
+                raise ValueError("'reset': True starts an episode and needs the episode's 'prompt'")
             self.reset(prompt)
         result = self.step(Observation(images=dict(obs["images"]), state=obs.get("state")), prompt)
         return {

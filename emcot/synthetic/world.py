@@ -253,3 +253,18 @@ def synthetic_robot_samples(
         sample.actions, sample.robot = actions, robot
         out.append(sample)
     return out
+
+
+def push_frames(sample: EmCoTSample, steps: int = 8, cfg: SyntheticConfig | None = None) -> list[np.ndarray]:
+    """The camera frames of carrying out ``sample``: ``steps`` frames moving the gripper to the
+    block, then ``steps`` pushing both to the goal (the last frame is the sample's subgoal)."""
+    cfg = cfg or SyntheticConfig()
+    if sample.actions is None or sample.observation.state is None:
+        raise ValueError("push_frames needs a pushing sample with a state and actions")
+    color = next(name for name in COLORS if f" {name} " in f" {sample.instruction} ")
+    gripper, block = sample.observation.state[:2], sample.observation.state[2:4]
+    goal = sample.actions[-1, 2:4]
+    fractions = np.linspace(0.0, 1.0, steps + 1)[1:]
+    approach = [render(cfg, color, block, gripper + f * (block - gripper)) for f in fractions]
+    push = [render(cfg, color, block + f * (goal - block), block + f * (goal - block)) for f in fractions]
+    return approach + push
