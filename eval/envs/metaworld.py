@@ -38,6 +38,7 @@ from emcot.eval.envs.mujoco_gl import configure_gl
 from emcot.io_utils import AT_LEAST_ONE, Range, check_fields
 
 SIM_EXTRA = "pip install 'emcot[sim]'"
+SIM_MODULES = ("metaworld", "mujoco")  # what the [sim] extra installs
 STATE_DIM = 4
 ACTION_DIM = 4
 # Meta-World's renderer buffer is 480 px wide (gymnasium's MujocoEnv default); the protocol uses 64–224.
@@ -46,7 +47,7 @@ RESOLUTION = Range(ge=16, le=480)
 
 def require_metaworld() -> ModuleType:
     """The ``metaworld`` module, its OpenGL backend chosen first; a clear error when it is missing."""
-    missing = [name for name in ("metaworld", "mujoco") if importlib.util.find_spec(name) is None]
+    missing = [name for name in SIM_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise ImportError(
             f"Meta-World evaluation needs the simulator ({', '.join(missing)} missing): {SIM_EXTRA}"

@@ -1,0 +1,133 @@
+"""Which policy an evaluation runs, and how each worker builds one session per episode from it.
+
+API:
+- ``PolicyKind`` — ``emcot`` (a policy folder or ``default``), ``expert``, ``random``.
+- ``AgentSpec(policy="default", modes=("full",), replan=None, n_action_steps=None,
+  camera_map=None, image_size=None)`` — ``mode_names`` are the result columns (the trace modes for
+  an emcot policy; ``("expert",)`` / ``("random",)`` otherwise).
+- ``AgentFactory(spec, env_config)`` — loads the policy once (one per worker), checks the adapter
+  (``ValueError`` for cameras/state/actions the environment cannot feed) and answers
+  ``env_cameras`` and ``make(task, mode, seed) -> Agent`` (a fresh session per episode, seeded with
+  the episode's seed, so an episode never depends on which worker ran what before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from emcot.eval.adapters import BLIND_ADAPTER, EXPERT_ADAPTER, ObservationAdapter, adapter_for_policy
+from emcot.eval.envs.metaworld import ACTION_DIM, STATE_DIM, MetaWorldConfig
+from emcot.eval.envs.metaworld_tasks import CAMERAS
+from emcot.eval.policies import ExpertSession, RandomSession
+from emcot.eval.rollout import Agent
+from emcot.io_utils import check_fields
+from emcot.sequence.layouts import TraceMode
+
+if TYPE_CHECKING:
+    from emcot.policy.policy import EmCoTPolicy
+    from emcot.runtime.rules import ReplanRule
+
+
+class PolicyKind(str, Enum):
+    """What ``--policy`` names."""
+
+    EMCOT = "emcot"
+    EXPERT = "expert"
+    RANDOM = "random"
+
+    @classmethod
+    def of(cls, policy: str) -> PolicyKind:
+        """``expert`` and ``random`` are the reference policies; anything else is an emcot policy."""
+        return {"expert": cls.EXPERT, "random": cls.RANDOM}.get(policy, cls.EMCOT)
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """The policy (``default``, a folder, ``expert`` or ``random``), its trace modes, re-planning
+    rules spec, actions executed per step, camera map (env camera → policy camera) and image side."""
+
+    policy: str = "default"
+    modes: tuple[str, ...] = ("full",)
+    replan: str | None = None
+    n_action_steps: int | None = None
+    camera_map: tuple[tuple[str, str], ...] | None = None
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "AgentSpec")
+        if not self.modes:
+            raise ValueError("AgentSpec.modes needs at least one trace mode (full, reason, reactive)")
+        object.__setattr__(self, "modes", tuple(TraceMode.parse(mode).value for mode in self.modes))
+        if self.replan is not None:
+            self.rules()  # a bad spec fails here, before any worker starts
+        if self.n_action_steps is not None and self.n_action_steps < 1:
+            raise ValueError(f"n_action_steps must be ≥ 1, got {self.n_action_steps}")
+
+    @property
+    def kind(self) -> PolicyKind:
+        """Which kind of policy this is."""
+        return PolicyKind.of(self.policy)
+
+    @property
+    def mode_names(self) -> tuple[str, ...]:
+        """The columns results are filed under."""
+        return self.modes if self.kind is PolicyKind.EMCOT else (self.kind.value,)
+
+    def rules(self) -> tuple[ReplanRule, ...] | None:
+        """The re-planning rules ``replan`` spells (None: the session's defaults)."""
+        from emcot.runtime.rules import parse_rules
+
+        return None if self.replan is None else parse_rules(self.replan)
+
+
+def _load_policy(name: str) -> EmCoTPolicy:
+    from emcot.policy.policy import EmCoTPolicy
+
+    return EmCoTPolicy.default() if name == "default" else EmCoTPolicy.from_pretrained(name)
+
+
+class AgentFactory:
+    """Builds the agents of one evaluation; the emcot policy is loaded once, here."""
+
+    def __init__(self, spec: AgentSpec, env_config: MetaWorldConfig) -> None:
+        self.spec = spec
+        self.env_config = env_config
+        self.policy: EmCoTPolicy | None = None
+        self.adapter: ObservationAdapter = EXPERT_ADAPTER if spec.kind is PolicyKind.EXPERT else BLIND_ADAPTER
+        if spec.kind is PolicyKind.EMCOT:
+            self.policy = _load_policy(spec.policy)
+            self.adapter = adapter_for_policy(
+                self.policy,
+                env_cameras=tuple(CAMERAS),
+                resolution=env_config.resolution,
+                state_dim=STATE_DIM,
+                action_dim=ACTION_DIM,
+                camera_map=None if spec.camera_map is None else dict(spec.camera_map),
+                image_size=spec.image_size,
+            )
+        self._rules = spec.rules()
+
+    @property
+    def env_cameras(self) -> tuple[str, ...]:
+        """The cameras the environment must render for this policy."""
+        return self.adapter.env_cameras
+
+    def make(self, task: str, mode: str, seed: int) -> Agent:
+        """A fresh agent for one episode of ``task`` under ``mode``, seeded with ``seed``."""
+        kind = self.spec.kind
+        if kind is PolicyKind.EXPERT:
+            return Agent(mode, ExpertSession(task), self.adapter)
+        if kind is PolicyKind.RANDOM:
+            session = RandomSession(ACTION_DIM, n_action_steps=self.spec.n_action_steps or 1, seed=seed)
+            return Agent(mode, session, self.adapter)
+        from emcot.runtime.rules import DEFAULT_RULES
+        from emcot.runtime.session import PolicySession
+
+        assert self.policy is not None
+        rules = DEFAULT_RULES if self._rules is None else self._rules
+        policy_session = PolicySession(
+            self.policy, rules, mode=mode, n_action_steps=self.spec.n_action_steps, seed=seed
+        )
+        return Agent(mode, policy_session, self.adapter)
