@@ -15,6 +15,7 @@ import numpy as np
 
 from emcot.training.annotation.annotations import EpisodeAnnotation, SubtaskAnnotation
 from emcot.training.annotation.primitives import PrimitiveSegment, primitive_log, primitives_in_range
+from emcot.training.annotation.sim_rules import SimRuleAnnotator, SimRuleConfig, SimSignals
 from emcot.training.annotation.vlm_backends import BackendError, VLMBackend, VLMRequest
 from emcot.training.annotation.vlm_prompts import (
     ReplyError,
@@ -37,6 +38,10 @@ class EpisodeContext:
     keyframes: list[int] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     dataset: str = ""
+    # Simulator columns (``sim.*``, see sim_rules) and the raw vectors, for the simulator rules.
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
+    states: np.ndarray | None = None
+    actions: np.ndarray | None = None
 
     def failed(
         self, error: str, annotator: dict, prompt_versions: dict, attempts: int = 1
@@ -174,10 +179,16 @@ class VLMAnnotator:
 
 @dataclass(frozen=True)
 class RuleAnnotatorConfig:
-    """The rule-based annotator cuts a subtask after every grasp or release; tiny pieces are merged."""
+    """The rule-based annotator cuts a subtask after every grasp or release; tiny pieces are merged.
+
+    An episode that carries simulator signals (``sim.*`` columns) is cut by the simulator rules
+    (``sim``) instead, unless ``use_sim_signals`` is off.
+    """
 
     min_subtask_frames: int = 3
     max_reasoning_words: int = 50
+    use_sim_signals: bool = True
+    sim: SimRuleConfig = field(default_factory=SimRuleConfig)
 
 
 def _to_first_person(sentence: str) -> str:
@@ -192,6 +203,7 @@ class RuleAnnotator:
 
     def __init__(self, config: RuleAnnotatorConfig | None = None):
         self.config = config or RuleAnnotatorConfig()
+        self._sim = SimRuleAnnotator(self.config.sim)
 
     info = {"backend": "rule", "model": "primitives-v1"}
     prompt_versions: dict = {}
@@ -244,7 +256,14 @@ class RuleAnnotator:
         return sentence
 
     def annotate(self, context: EpisodeContext) -> EpisodeAnnotation:
-        """Cut at gripper events, name each piece from its primitives, write a first-person reasoning."""
+        """Cut at gripper events, name each piece from its primitives, write a first-person reasoning.
+
+        With simulator signals in the context, the simulator rules cut and write instead.
+        """
+        if self.config.use_sim_signals:
+            signals = SimSignals.from_columns(context.signals, context.states, context.actions)
+            if signals is not None:
+                return self._sim.annotate(context, signals)
         ranges = self._cuts(context)
         subtasks = []
         for i, (start, end) in enumerate(ranges):

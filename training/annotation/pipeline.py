@@ -20,6 +20,7 @@ from tqdm import tqdm
 from emcot.training.annotation.annotations import AnnotationWriter, EpisodeAnnotation, read_annotations
 from emcot.training.annotation.annotators import EpisodeContext, RuleAnnotator, VLMAnnotator
 from emcot.training.annotation.primitives import ArmSpec, PrimitiveConfig, extract_primitives
+from emcot.training.annotation.sim_rules import SIM_PREFIX
 from emcot.training.annotation.vlm_backends import BackendError
 from emcot.training.data.lerobot import LeRobotDataset, LeRobotEpisode
 
@@ -65,7 +66,7 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
 def build_context(
     episode: LeRobotEpisode, config: ContextConfig, dataset_name: str = "", with_images: bool = True
 ) -> EpisodeContext:
-    """Extract primitives and keyframes of one episode for an annotator."""
+    """Extract primitives and keyframes of one episode for an annotator, with its ``sim.*`` columns."""
     # NaN/inf would pass through the primitive thresholds unnoticed and yield an "ok" annotation.
     episode.check_finite()
     vectors = episode.states if config.source == "state" else episode.actions
@@ -96,6 +97,9 @@ def build_context(
         keyframes=keyframes,
         images=images,
         dataset=dataset_name,
+        signals=episode.columns(SIM_PREFIX),
+        states=episode.states,
+        actions=episode.actions,
     )
 
 

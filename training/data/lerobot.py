@@ -78,6 +78,12 @@ class LeRobotEpisode:
                 f"dimension {dim}: {values[frame, dim]}); fix or drop the episode."
             )
 
+    def columns(self, prefix: str) -> dict[str, np.ndarray]:
+        """Every non-camera feature whose key starts with ``prefix`` (e.g. ``"sim."``) as float32 (T, k)."""
+        features = self._dataset.info.features
+        keys = [k for k, spec in features.items() if k.startswith(prefix) and not spec.is_visual]
+        return {key: self._dataset._vectors(self._table, key) for key in keys}
+
     def images(self, camera: str) -> np.ndarray:
         """All frames of ``camera`` (our observation name) as uint8 (T, H, W, 3)."""
         if camera not in self.cameras:

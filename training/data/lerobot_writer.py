@@ -2,7 +2,8 @@
 
 Useful to export recordings or converted data for LeRobot tools, and used by the tests to build
 real datasets on disk. Cameras are stored as mp4 (``camera_storage="video"``) or as PNG bytes
-inside the parquet rows (``"image"``, lossless).
+inside the parquet rows (``"image"``, lossless). Extra per-frame numeric columns (e.g. simulator
+signals such as ``sim.grasp_success``) travel in ``EpisodeData.extras``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,19 @@ _V3_DATA = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 _V3_VIDEO = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 
 
+_STANDARD_COLUMNS = ("observation.state", "action", "timestamp", "frame_index", "episode_index", "index")
+
+
 @dataclass
 class EpisodeData:
-    """One episode to write: the task text, per-frame vectors and camera frames (T, H, W, 3) uint8."""
+    """One episode to write: the task text, per-frame vectors, camera frames (T, H, W, 3) uint8 and
+    extra numeric columns (``extras``: name → (T,) or (T, k) values, written as float32)."""
 
     instruction: str
     states: np.ndarray
     actions: np.ndarray
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         length = len(self.states)
@@ -50,6 +57,13 @@ class EpisodeData:
             ):
                 raise ValueError(
                     f"Camera {name!r} frames must be uint8 ({length}, H, W, 3), got {frames.shape} {frames.dtype}."
+                )
+        for name, values in self.extras.items():
+            clash = name in _STANDARD_COLUMNS + ("task_index",) or name.startswith(IMAGE_PREFIX)
+            if clash or values.ndim not in (1, 2) or len(values) != length or values.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"Extra column {name!r} must be numeric ({length},) or ({length}, k) and not a standard "
+                    f"column name, got {values.shape} {values.dtype}."
                 )
 
 
@@ -111,6 +125,8 @@ class _Layout:
     action_dim: int
     codec: str | None
     task_texts: list[str]
+    extras: dict[str, int]  # extra column → width (1: a scalar column)
+    image_size: tuple[int, int]  # (height, width) of the first camera; (0, 0) without cameras
 
     @property
     def v3(self) -> bool:
@@ -127,27 +143,41 @@ class _Layout:
         return self.cameras if self.config.camera_storage == "video" else []
 
 
-def _layout(episodes: list[EpisodeData], fps: int, config: WriterConfig) -> _Layout:
+def _extra_widths(ep: EpisodeData) -> dict[str, int]:
+    return {k: 1 if v.ndim == 1 else v.shape[1] for k, v in sorted(ep.extras.items())}
+
+
+def _layout(episodes: Sequence[EpisodeData], fps: int, config: WriterConfig) -> _Layout:
     if not episodes:
         raise ValueError("write_lerobot_dataset needs at least one episode.")
-    cameras = sorted(episodes[0].images)
-    state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
+    first = episodes[0]
+    cameras, extras = sorted(first.images), _extra_widths(first)
+    state_dim, action_dim = first.states.shape[1], first.actions.shape[1]
+    task_texts: dict[str, None] = {}
     for i, ep in enumerate(episodes):
         if (
             sorted(ep.images) != cameras
             or ep.states.shape[1] != state_dim
             or ep.actions.shape[1] != action_dim
+            or _extra_widths(ep) != extras
         ):
-            raise ValueError(f"Episode {i} differs from episode 0 in cameras or state/action dimensions.")
+            raise ValueError(
+                f"Episode {i} differs from episode 0 in cameras, state/action dimensions or extra columns."
+            )
+        task_texts[ep.instruction] = None
     codec = (config.codec or available_codec()) if (cameras and config.camera_storage == "video") else None
-    task_texts = list(dict.fromkeys(ep.instruction for ep in episodes))
-    return _Layout(config, fps, cameras, state_dim, action_dim, codec, task_texts)
+    size = first.images[cameras[0]].shape[1:3] if cameras else (0, 0)
+    return _Layout(config, fps, cameras, state_dim, action_dim, codec, list(task_texts), extras, size)
 
 
 def write_lerobot_dataset(
-    root: str | Path, episodes: list[EpisodeData], fps: int, config: WriterConfig | None = None
+    root: str | Path, episodes: Sequence[EpisodeData], fps: int, config: WriterConfig | None = None
 ) -> Path:
-    """Write ``episodes`` under ``root`` (created; must not already hold a dataset) and return it."""
+    """Write ``episodes`` under ``root`` (created; must not already hold a dataset) and return it.
+
+    ``episodes`` may be any sequence (e.g. one loading each episode from disk on access): only a
+    data file's episodes are held together in memory.
+    """
     config = config or WriterConfig()
     require_pyarrow()
     root = Path(root)
@@ -164,14 +194,14 @@ def write_lerobot_dataset(
             root, layout, episodes, group=group, file_number=file_number, first_index=first_index
         )
         first_index += sum(len(episodes[i].states) for i in group)
-    _write_meta(root, layout, episodes, episode_rows)
+    _write_meta(root, layout, episode_rows)
     return root
 
 
 def _write_data_file(
     root: Path,
     layout: _Layout,
-    episodes: list[EpisodeData],
+    episodes: Sequence[EpisodeData],
     *,
     group: list[int],
     file_number: int,
@@ -182,16 +212,16 @@ def _write_data_file(
     ``first_index`` is the dataset-wide index of the group's first frame.
     """
     pa = require_pyarrow()
-    config, cameras = layout.config, layout.cameras
+    config = layout.config
     columns: dict[str, list] = defaultdict(list)  # one list per column of _frame_table's schema
     chunk, file_index = divmod(file_number, config.chunks_size)
     rows: list[dict] = []
     index = first_index
-    for ep_index in group:
-        ep = episodes[ep_index]
+    loaded = [episodes[i] for i in group]  # one access per episode: a lazy sequence loads it once
+    for ep_index, ep in zip(group, loaded):
         _append_frames(columns, layout, ep, ep_index=ep_index, first_index=index)
         row: dict[str, Any] = {"episode_index": ep_index, "tasks": [ep.instruction], "length": len(ep.states)}
-        row["stats"] = _episode_stats(ep, cameras)
+        row["stats"] = _episode_stats(ep, layout)
         if layout.v3:
             # Videos hold the file's episodes back to back, so an episode starts where the previous ended.
             offset, end = index - first_index, index - first_index + len(ep.states)
@@ -205,12 +235,8 @@ def _write_data_file(
                 }
         rows.append(row)
         index += len(ep.states)
-    fields = {
-        "chunk_index": chunk,
-        "file_index": file_index,
-        "episode_chunk": group[0] // config.chunks_size,
-        "episode_index": group[0],
-    }
+    fields = {"chunk_index": chunk, "file_index": file_index, "episode_index": group[0]}
+    fields["episode_chunk"] = group[0] // config.chunks_size
     data_path = root / (_V3_DATA if layout.v3 else _V2_DATA).format(**fields)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     pa.parquet.write_table(_frame_table(pa, layout, columns), data_path)
@@ -218,7 +244,7 @@ def _write_data_file(
         video_path = root / (_V3_VIDEO if layout.v3 else _V2_VIDEO).format(
             video_key=IMAGE_PREFIX + c, **fields
         )
-        frames = np.concatenate([episodes[i].images[c] for i in group])
+        frames = np.concatenate([ep.images[c] for ep in loaded])
         encode_video(video_path, frames, layout.fps, codec=layout.codec, quality=config.video_quality)
     return rows
 
@@ -238,11 +264,14 @@ def _append_frames(
         columns["task_index"].append(task)
         for c in layout.image_columns:
             columns[IMAGE_PREFIX + c].append({"bytes": _png_bytes(ep.images[c][t]), "path": None})
+    for name in layout.extras:
+        columns[name] += ep.extras[name].astype(np.float32).tolist()
 
 
-def _episode_stats(ep: EpisodeData, cameras: list[str]) -> dict[str, dict[str, list]]:
+def _episode_stats(ep: EpisodeData, layout: _Layout) -> dict[str, dict[str, list]]:
     stats = {"observation.state": _numeric_stats(ep.states), "action": _numeric_stats(ep.actions)}
-    return stats | {IMAGE_PREFIX + c: _image_stats(ep.images[c]) for c in cameras}
+    stats |= {name: _numeric_stats(ep.extras[name]) for name in layout.extras}
+    return stats | {IMAGE_PREFIX + c: _image_stats(ep.images[c]) for c in layout.cameras}
 
 
 def _frame_table(pa: Any, layout: _Layout, columns: dict[str, list]) -> Any:
@@ -257,40 +286,28 @@ def _frame_table(pa: Any, layout: _Layout, columns: dict[str, list]) -> Any:
     ]
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     schema += [(IMAGE_PREFIX + c, image_type) for c in layout.image_columns]
+    schema += [(k, pa.float32() if w == 1 else pa.list_(pa.float32(), w)) for k, w in layout.extras.items()]
     return pa.table({name: pa.array(columns[name], type=kind) for name, kind in schema})
 
 
-def _write_meta(root: Path, layout: _Layout, episodes: list[EpisodeData], episode_rows: list[dict]) -> None:
+def _write_meta(root: Path, layout: _Layout, episode_rows: list[dict]) -> None:
     """``meta/``: ``info.json``, then the v2.1 JSON-lines files or the v3.0 tables."""
     pa = require_pyarrow()
     meta = root / "meta"
     meta.mkdir(parents=True, exist_ok=True)
-    config, cameras, fps, task_texts, v3 = (
-        layout.config,
-        layout.cameras,
-        layout.fps,
-        layout.task_texts,
-        layout.v3,
-    )
-    state_dim, action_dim = layout.state_dim, layout.action_dim
-    height, width = episodes[0].images[cameras[0]].shape[1:3] if cameras else (0, 0)
-    features = {
-        "observation.state": {
-            "dtype": "float32",
-            "shape": [state_dim],
-            "names": [f"state_{i}" for i in range(state_dim)],
-        },
-        "action": {
-            "dtype": "float32",
-            "shape": [action_dim],
-            "names": [f"action_{i}" for i in range(action_dim)],
-        },
-        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-        "index": {"dtype": "int64", "shape": [1], "names": None},
-        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    config, cameras, fps = layout.config, layout.cameras, layout.fps
+    task_texts, v3 = layout.task_texts, layout.v3
+    height, width = layout.image_size
+    vectors = {"observation.state": ("state", layout.state_dim), "action": ("action", layout.action_dim)}
+    features: dict[str, dict[str, Any]] = {
+        key: {"dtype": "float32", "shape": [dim], "names": [f"{stem}_{i}" for i in range(dim)]}
+        for key, (stem, dim) in vectors.items()
     }
+    scalars = {"timestamp": "float32"} | dict.fromkeys(
+        ("frame_index", "episode_index", "index", "task_index"), "int64"
+    )
+    features |= {key: {"dtype": dtype, "shape": [1], "names": None} for key, dtype in scalars.items()}
+    features |= {k: {"dtype": "float32", "shape": [w], "names": None} for k, w in layout.extras.items()}
     for c in cameras:
         spec: dict[str, Any] = {
             "dtype": config.camera_storage,
@@ -308,16 +325,16 @@ def _write_meta(root: Path, layout: _Layout, episodes: list[EpisodeData], episod
                 "has_audio": False,
             }
         features[IMAGE_PREFIX + c] = spec
-    total = sum(len(ep.states) for ep in episodes)
+    total = sum(r["length"] for r in episode_rows)
     info = {
         "codebase_version": config.version,
         "robot_type": config.robot_type,
-        "total_episodes": len(episodes),
+        "total_episodes": len(episode_rows),
         "total_frames": total,
         "total_tasks": len(task_texts),
         "chunks_size": config.chunks_size,
         "fps": fps,
-        "splits": {"train": f"0:{len(episodes)}"},
+        "splits": {"train": f"0:{len(episode_rows)}"},
         "data_path": _V3_DATA if v3 else _V2_DATA,
         "video_path": (_V3_VIDEO if v3 else _V2_VIDEO)
         if config.camera_storage == "video" and cameras
@@ -326,8 +343,8 @@ def _write_meta(root: Path, layout: _Layout, episodes: list[EpisodeData], episod
     }
     if not v3:
         info |= {
-            "total_chunks": (len(episodes) - 1) // config.chunks_size + 1,
-            "total_videos": len(episodes) * len(cameras),
+            "total_chunks": (len(episode_rows) - 1) // config.chunks_size + 1,
+            "total_videos": len(episode_rows) * len(cameras),
         }
     (meta / "info.json").write_text(json.dumps(info, indent=2))
     if not v3:
@@ -346,26 +363,14 @@ def _write_meta(root: Path, layout: _Layout, episodes: list[EpisodeData], episod
         (meta / "episodes_stats.jsonl").write_text("".join(stats_lines))
         return
     # v3: the tasks table is a pandas frame indexed by the task text, as LeRobot writes it.
-    pandas_meta = {
-        "index_columns": ["__index_level_0__"],
-        "column_indexes": [],
-        "columns": [
-            {
-                "name": "task_index",
-                "field_name": "task_index",
-                "pandas_type": "int64",
-                "numpy_type": "int64",
-                "metadata": None,
-            },
-            {
-                "name": None,
-                "field_name": "__index_level_0__",
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": None,
-            },
-        ],
-    }
+    pandas_columns = [
+        {"name": name, "field_name": key, "pandas_type": kind, "numpy_type": numpy, "metadata": None}
+        for name, key, kind, numpy in (
+            ("task_index", "task_index", "int64", "int64"),
+            (None, "__index_level_0__", "unicode", "object"),
+        )
+    ]
+    pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": pandas_columns}
     tasks = pa.table(
         {"task_index": pa.array(range(len(task_texts)), pa.int64()), "__index_level_0__": task_texts}
     )
