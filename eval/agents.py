@@ -77,9 +77,12 @@ class AgentSpec:
 
     def rules(self) -> tuple[ReplanRule, ...] | None:
         """The re-planning rules ``replan`` spells (None: the session's defaults)."""
+        if self.replan is None:
+            return None
+        # Imported only when asked: emcot.runtime pulls in the model stack, which expert runs never need.
         from emcot.runtime.rules import parse_rules
 
-        return None if self.replan is None else parse_rules(self.replan)
+        return parse_rules(self.replan)
 
 
 def _load_policy(name: str) -> EmCoTPolicy:

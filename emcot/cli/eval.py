@@ -74,6 +74,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, print the tables; 0 when every episode is done."""
     from emcot.eval.agents import AgentSpec
+    from emcot.eval.envs.metaworld import require_metaworld
     from emcot.eval.envs.metaworld_tasks import expand_tasks
     from emcot.eval.evaluate import RESULTS_FILE, EvalConfig, evaluate
     from emcot.eval.tables import results_table
@@ -98,6 +99,10 @@ def run_eval(args: argparse.Namespace) -> int:
         render=args.render,
         fast_render=not args.no_fast_render,
     )
+    try:
+        require_metaworld()  # a missing simulator is one line naming the extra, not a traceback
+    except ImportError as err:
+        raise ValueError(str(err)) from None
     outcome = evaluate(config, args.out, progress=not args.no_progress)
     if outcome.metrics is None:
         print(f"stopped with {outcome.ran + outcome.skipped} episodes done; run again to resume")

@@ -4,6 +4,8 @@ records on disk, adapters. None of these need the simulator."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +19,7 @@ from emcot.eval.adapters import (
     adapter_for_policy,
     parse_camera_map,
 )
+from emcot.eval.envs import mujoco_gl
 from emcot.eval.envs.base import EnvObservation
 from emcot.eval.envs.metaworld_tasks import DIFFICULTY, SPLITS, TASK_DESCRIPTIONS, difficulty_of, expand_tasks
 from emcot.eval.metrics import aggregate, compute_metrics
@@ -214,3 +217,25 @@ def test_the_bundled_policy_is_refused_without_a_camera_map():
     adapter = adapter_for_policy(policy, camera_map=parse_camera_map("corner2=head"), **env)
     observation = adapter(env_observation(64))
     policy.processor.validate_observation(observation)
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenGL backend choice.
+
+
+def test_egl_by_default_osmesa_when_egl_fails_and_a_users_choice_stays(monkeypatch):
+
+    monkeypatch.delitem(sys.modules, "mujoco", raising=False)  # as before the simulator's first import
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(mujoco_gl, "_works", lambda backend: True)
+    assert mujoco_gl.configure_gl() == "egl"
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(mujoco_gl, "_works", lambda backend: backend == "osmesa")
+    assert mujoco_gl.configure_gl() == "osmesa"
+    assert os.environ["MUJOCO_GL"] == "osmesa"  # spawned workers inherit the choice
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    assert mujoco_gl.configure_gl() == "glfw"
+    monkeypatch.delenv("MUJOCO_GL")
+    monkeypatch.setattr(mujoco_gl, "_works", lambda backend: False)
+    with pytest.raises(RuntimeError, match="libosmesa6"):
+        mujoco_gl.configure_gl()
