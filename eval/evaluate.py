@@ -263,10 +263,12 @@ def _run_in_pool(config: EvalConfig, out: Path, jobs: list[Job]) -> Iterator[Epi
                 future.cancel()
 
 
-def _run(config: EvalConfig, out: Path, jobs: list[Job], factory: AgentFactory) -> Iterator[EpisodeSummary]:
+def _run(
+    config: EvalConfig, out: Path, jobs: list[Job], factory: AgentFactory | None
+) -> Iterator[EpisodeSummary]:
     if not jobs:
         return iter(())
-    if config.workers == 1 or len(jobs) == 1:
+    if factory is not None:
         return _run_in_process(config, out, jobs, factory)
     return _run_in_pool(config, out, jobs)
 
@@ -298,13 +300,15 @@ def evaluate(
     out = Path(out)
     protocol = protocol_of(config)
     # Built here first so a policy the environment cannot feed fails before any folder or worker exists.
-    factory = AgentFactory(config.agent, config.env_config(()))
+    factory: AgentFactory | None = AgentFactory(config.agent, config.env_config(()))
     _check_protocol(out, protocol)
     jobs = jobs_of(config)
     todo = _pending(jobs, out)
     skipped = len(jobs) - len(todo)
     if max_new_episodes is not None:
         todo = todo[:max_new_episodes]
+    if config.workers > 1 and len(todo) > 1:
+        factory = None  # each worker loads its own policy; free this copy
     ran = 0
     bar = tqdm(total=len(jobs), initial=skipped, desc="eval metaworld", unit="ep", disable=not progress)
     with bar:

@@ -10,7 +10,8 @@ API:
   ``step(action) -> StepOutcome`` (``info`` keeps Meta-World's ``success``, ``grasp_success``,
   ``near_object``, ``obj_to_target`` …), ``success``, ``close()``; ``instruction`` is the task's
   sentence from ``TASK_DESCRIPTIONS``.
-- ``fast_render_settings(model)`` — shadows, anti-aliasing and reflections off (≈ 4–5× faster on CPU).
+- ``fast_render_settings(model)`` — shadows, anti-aliasing and reflections off (7–15× faster
+  render + physics on 2 CPU cores with Mesa EGL; ``bench/metaworld_render.py``).
 - ``require_metaworld()`` — imports the simulator or raises naming ``pip install 'emcot[sim]'``.
 
 Protocol (LeRobot's, used by SmolVLA): the goal-observable task, ``corner2`` moved to

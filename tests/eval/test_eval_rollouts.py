@@ -4,6 +4,7 @@ closed loop, resuming after a planned stop and after SIGKILL, the command line."
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -195,3 +196,13 @@ def test_the_command_line(tmp_path, capsys):
     assert results["episode_mean"]["random"]["mean_steps"] == 30
     with pytest.raises(SystemExit):
         parser.parse_args(["metaworld", "--modes", "ful", "--out", str(tmp_path)])
+
+
+def test_spawned_workers_give_the_same_results_as_one_process(tmp_path):
+    config = EvalConfig(tasks=("reach-v3", "button-press-v3"), agent=AgentSpec(policy="expert"), episodes=2)
+    parallel = evaluate(dataclasses.replace(config, workers=2), tmp_path / "two", progress=False)
+    single = evaluate(config, tmp_path / "one", progress=False)
+    assert parallel.complete and parallel.ran == single.ran == 4
+    results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("two", "one")]
+    assert results[0]["protocol"] == results[1]["protocol"]  # the worker count is not part of the protocol
+    assert without_timings(results[0]) == without_timings(results[1])
