@@ -1,4 +1,4 @@
-"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, convert.
+"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, serve, convert.
 
 Every failure ends as one line ``emcot <command>: error: <message>`` on stderr: exit 2 for a usage
 error (caught by the argument types before any work), 1 for a failure in the work, 130 for Ctrl-C.
@@ -21,6 +21,7 @@ from emcot.cli.demo import add_demo_arguments, run_demo
 from emcot.cli.generate import add_generate_arguments, run_generate
 from emcot.cli.info import add_info_arguments, run_info
 from emcot.cli.predict_frame import add_predict_frame_arguments, run_predict_frame
+from emcot.cli.serve import add_serve_arguments, run_serve
 from emcot.cli.train import add_train_arguments, run_train
 
 # Errors a user causes (a bad file, a bad value): their message is the whole story.
@@ -55,6 +56,12 @@ _COMMANDS = (
         "train with a YAML recipe (a path or a shipped recipe name)",
         add_train_arguments,
         run_train,
+    ),
+    _Command(
+        "serve",
+        "serve a policy over openpi's websocket protocol (one session per connection)",
+        add_serve_arguments,
+        run_serve,
     ),
 )
 
