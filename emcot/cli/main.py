@@ -1,4 +1,5 @@
-"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, serve, convert.
+"""The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, serve, collect,
+eval, convert.
 
 Every failure ends as one line ``emcot <command>: error: <message>`` on stderr: exit 2 for a usage
 error (caught by the argument types before any work), 1 for a failure in the work, 130 for Ctrl-C.
@@ -17,7 +18,9 @@ import yaml
 
 from emcot.cli.annotate import add_annotate_arguments, run_annotate
 from emcot.cli.convert import add_convert_arguments, run_convert
+from emcot.cli.collect import add_collect_arguments, run_collect
 from emcot.cli.demo import add_demo_arguments, run_demo
+from emcot.cli.eval import add_eval_arguments, run_eval
 from emcot.cli.generate import add_generate_arguments, run_generate
 from emcot.cli.info import add_info_arguments, run_info
 from emcot.cli.predict_frame import add_predict_frame_arguments, run_predict_frame
@@ -63,6 +66,13 @@ _COMMANDS = (
         add_serve_arguments,
         run_serve,
     ),
+    _Command(
+        "collect",
+        "collect scripted-expert demos in a simulator as a LeRobot v3 dataset",
+        add_collect_arguments,
+        run_collect,
+    ),
+    _Command("eval", "closed-loop evaluation of a policy in a simulator", add_eval_arguments, run_eval),
 )
 
 

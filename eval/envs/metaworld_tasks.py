@@ -17,10 +17,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-# One sentence per task in the style of LeRobot's Meta-World ``TASK_DESCRIPTIONS`` (imperative,
-# capitalised, no full stop, e.g. "Open a drawer"). They follow the task table of the Meta-World
-# paper as we remember it; they are written here by us and were NOT checked word for word against
-# LeRobot's strings, so a policy fine-tuned on LeRobot's dataset may see slightly different text.
+# One sentence per task: the protocol's text, checked word for word against LeRobot's Meta-World
+# task descriptions (src/lerobot/envs/metaworld_config.json), so a policy fine-tuned on LeRobot's
+# dataset sees the instructions it was trained on. push-v3 and push-back-v3 share one sentence there.
 TASK_DESCRIPTIONS: dict[str, str] = {
     "assembly-v3": "Pick up a nut and place it onto a peg",
     "basketball-v3": "Dunk the basketball into the basket",
@@ -59,12 +58,12 @@ TASK_DESCRIPTIONS: dict[str, str] = {
     "plate-slide-back-side-v3": "Get a plate from the cabinet sideways",
     "peg-insert-side-v3": "Insert a peg sideways",
     "peg-unplug-side-v3": "Unplug a peg sideways",
-    "soccer-v3": "Kick a soccer ball into the goal",
+    "soccer-v3": "Kick a soccer into the goal",
     "stick-push-v3": "Grasp a stick and push a box using the stick",
     "stick-pull-v3": "Grasp a stick and pull a box with the stick",
     "push-v3": "Push the puck to a goal",
     "push-wall-v3": "Bypass a wall and push a puck to a goal",
-    "push-back-v3": "Push the puck back to a goal",
+    "push-back-v3": "Push the puck to a goal",
     "reach-v3": "Reach a goal position",
     "reach-wall-v3": "Bypass a wall and reach a goal",
     "shelf-place-v3": "Pick and place a puck onto a shelf",
@@ -78,7 +77,8 @@ DIFFICULTY = ("easy", "medium", "hard", "very_hard")
 
 # The difficulty buckets of Seo et al. 2022 (Masked World Models, appendix), which LeRobot's
 # Meta-World benchmark and the SmolVLA paper report: 28 / 11 / 6 / 5 tasks. Written down from that
-# classification; tests check the sizes and that the buckets partition Meta-World's 50 tasks.
+# classification and checked against LeRobot's DIFFICULTY_TO_TASKS; tests check the sizes and that
+# the buckets partition Meta-World's 50 tasks.
 _BUCKETS: dict[str, tuple[str, ...]] = {
     "easy": (
         "button-press-v3", "button-press-topdown-v3", "button-press-topdown-wall-v3",
