@@ -17,8 +17,8 @@ from typing import NamedTuple, NoReturn
 import yaml
 
 from emcot.cli.annotate import add_annotate_arguments, run_annotate
-from emcot.cli.convert import add_convert_arguments, run_convert
 from emcot.cli.collect import add_collect_arguments, run_collect
+from emcot.cli.convert import add_convert_arguments, run_convert
 from emcot.cli.demo import add_demo_arguments, run_demo
 from emcot.cli.eval import add_eval_arguments, run_eval
 from emcot.cli.generate import add_generate_arguments, run_generate

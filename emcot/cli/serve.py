@@ -83,6 +83,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue", type=positive_int, default=8, help="pending requests across clients before 1013 (busy)"
     )
     parser.add_argument("--async-replan", action="store_true", help="think in the background, act meanwhile")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: one less than the cores, at least 1)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -106,6 +112,12 @@ def run_serve(args: argparse.Namespace) -> int:
         async_replan=args.async_replan,
         **rules,
     )
+    import torch
+
+    # The event loop and the clients' I/O need a core of their own: with as many busy torch threads
+    # as cores, every reply waited for a descheduled OpenMP thread (bench/runtime_latency.py on 2
+    # cores: 60 ms server overhead with 2 threads, 2 ms with 1).
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
     logging.basicConfig(level=logging.WARNING, format="emcot serve: %(name)s: %(message)s")
     server = PolicyServer(load_policy(args.policy), config, session, name=args.policy)
     meta = server.metadata
