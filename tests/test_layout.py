@@ -108,3 +108,34 @@ def _all_imports(path: Path) -> list[tuple[int, str]]:
 def test_modules_stay_small(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= 420, f"{name} has {lines} lines; split it by responsibility"
+
+
+def _private_reaches(path: Path) -> list[str]:
+    """``x._name`` where ``x`` is not ``self``/``cls`` (dunders are Python's, not private state)."""
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+            continue
+        if node.attr.startswith("__") and node.attr.endswith("__"):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"}:
+            continue
+        out.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return out
+
+
+# Meta-World's evaluation protocol is set through this attribute of the simulator (not ours).
+SIMULATOR_PROTOCOL = {"self._env._freeze_rand_vec"}
+
+
+def test_runtime_serving_and_eval_use_only_public_attributes():
+    """The control loop is built on the policy's public API (issue: no reaching into the model)."""
+    offenders = [
+        reach
+        for name, path in MODULES.items()
+        if name.split(".")[1:2] in (["runtime"], ["serving"], ["eval"])
+        for reach in _private_reaches(path)
+        if reach.split(" ", 1)[1] not in SIMULATOR_PROTOCOL
+    ]
+    assert not offenders, "private attributes of other objects:\n" + "\n".join(offenders)
