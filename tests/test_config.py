@@ -36,6 +36,16 @@ def test_tiny_preset_is_small():
     assert 100_000 < sum(p.numel() for p in model.parameters()) < 10_000_000
 
 
+def test_small_preset_is_the_cpu_metaworld_size():
+    cfg = EmCoTConfig.from_preset("small")
+    assert (cfg.action.action_dim, cfg.action.state_dim, cfg.action.horizon) == (4, 4, 8)
+    assert cfg.vision is not None and cfg.vision.max_side_px // cfg.vision.patch_size == 8
+    assert cfg.vae is not None and cfg.vae.image_size == (64, 64)
+    with torch.device("meta"):
+        model = EmCoTModel(cfg)
+    assert 5_000_000 < sum(p.numel() for p in model.parameters()) < 15_000_000
+
+
 def test_halo_preset_dimensions_and_parameter_count():
     cfg = EmCoTConfig.from_preset("halo-4.5b")
     und = cfg.experts["und"]

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
+from emcot.io_utils import read_json
 from emcot.policy.policy import EmCoTPolicy
-from emcot.training.data.sources import build_source
+from emcot.tokenizers.actions import NormStats, RobotNormStats
+from emcot.training.data.lerobot import LeRobotDataset
+from emcot.training.data.sources import DataSpec, build_source, source_kind
 from emcot.training.finetune import adapt_policy, merged_state_dict
 from emcot.training.recipes import Recipe
 from emcot.types import EmCoTSample
+
+if TYPE_CHECKING:
+    from emcot.tokenizers.vae import LatentCodec
 
 
 class InitSource(str, Enum):
@@ -23,6 +32,7 @@ class InitSource(str, Enum):
     SYNTHETIC = "synthetic"  # a fresh tiny policy with a tokenizer for the synthetic task
     DEFAULT = "default"  # the bundled tiny policy
     COMPONENTS = "components"  # HALO's initialisation from the Qwen / SigLIP / VAE folders of the recipe
+    FRESH = "fresh"  # random weights of model.preset, sized and tokenised for the recipe's LeRobot dataset
 
 
 def build_initial_policy(recipe: Recipe, init: str | None = None) -> EmCoTPolicy:
@@ -65,10 +75,131 @@ def _policy_from_components(recipe: Recipe) -> EmCoTPolicy:
     return EmCoTPolicy(model, EmCoTProcessor(model.config, tokenizer, RobotNormStats(), settings))
 
 
+def _fresh_dataset(recipe: Recipe) -> tuple[LeRobotDataset, list[DataSpec]]:
+    """The dataset a fresh policy is built for (``model.dataset`` or the first LeRobot source), and the
+    recipe's specs that read it (their annotation sidecars feed the tokenizer)."""
+    lerobot = [s for s in recipe.data.datasets if source_kind(s.kind).lerobot and s.path]
+    path = recipe.model.dataset or (lerobot[0].path if lerobot else None)
+    if path is None:
+        raise ValueError(
+            "model.init 'fresh' needs a LeRobot dataset: list a lerobot* data source or set model.dataset"
+        )
+    mapped = [s for s in lerobot if Path(str(s.path)).resolve() == Path(path).resolve()]
+    cameras = next((s.options["cameras"] for s in mapped if s.options.get("cameras")), None)
+    return LeRobotDataset(path, cameras=cameras), mapped
+
+
+def fresh_corpus(dataset: LeRobotDataset, specs: list[DataSpec]) -> list[str]:
+    """Texts a fresh tokenizer is trained on: the dataset's tasks, the annotations' reasoning, demo VQA."""
+    from emcot.training.annotation.annotations import read_annotations
+    from emcot.training.data.demo_vqa import vqa_corpus
+    from emcot.training.data.emcot_samples import format_reasoning
+    from emcot.training.data.future_frames import FutureFrameConfig
+
+    texts = list(dataset.tasks.values()) + vqa_corpus()
+    prompt = FutureFrameConfig().prompt
+    texts += [prompt.format(instruction=task.rstrip(".")) for task in dataset.tasks.values()]
+    sidecars = dict.fromkeys(str(s.options["annotations"]) for s in specs if s.options.get("annotations"))
+    for sidecar in sidecars:
+        for annotation in read_annotations(sidecar).values():
+            if annotation.status != "ok":
+                continue
+            for i, subtask in enumerate(annotation.subtasks):
+                texts += [subtask.text, format_reasoning(annotation, i, subtask.start)]
+    return texts
+
+
+def dataset_norm_stats(dataset: LeRobotDataset) -> RobotNormStats:
+    """Action (and state) statistics from ``meta/stats.json``, under the dataset's name (the samples' robot).
+
+    LeRobot's files hold mean/std/min/max (q01/q99 only in some versions); min/max stand in for
+    missing quantiles, which only the ``quantile`` normalisation reads.
+    """
+    stats = dataset.stats
+
+    def entry(key: str | None) -> NormStats | None:
+        if key is None or key not in stats:
+            return None
+        s = stats[key]
+        missing = [f for f in ("mean", "std", "min", "max") if f not in s]
+        if missing:
+            raise ValueError(
+                f"{dataset.root}/meta/stats.json lacks {missing} for {key!r}; recompute the stats"
+            )
+        count = int(np.asarray(s.get("count", [0])).reshape(-1)[0])
+        return NormStats(
+            s["mean"], s["std"], s.get("q01", s["min"]), s.get("q99", s["max"]), s["min"], s["max"], count
+        )
+
+    action = entry(dataset.action_key)
+    if action is None:
+        raise ValueError(
+            f"{dataset.root} has no statistics for {dataset.action_key!r}; a fresh policy needs meta/stats.json"
+        )
+    return RobotNormStats({dataset.name: {"action": action, "state": entry(dataset.state_key)}})
+
+
+def _fresh_policy(recipe: Recipe) -> EmCoTPolicy:
+    """Random weights of ``model.preset`` with the dataset's cameras, dimensions, statistics and texts."""
+    from emcot.config import EmCoTConfig
+    from emcot.model.modeling import EmCoTModel
+    from emcot.policy.processor import EmCoTProcessor, ProcessorConfig
+    from emcot.presets import PRESETS
+    from emcot.tokenizers.text import SentencePieceTextTokenizer
+
+    spec = recipe.model
+    dataset, specs = _fresh_dataset(recipe)
+    stats = dataset_norm_stats(dataset)
+    entry = stats.for_robot(dataset.name)
+    action, state = entry["action"], entry["state"]
+    assert action is not None  # dataset_norm_stats always sets the action statistics
+    tokenizer = SentencePieceTextTokenizer.train(fresh_corpus(dataset, specs), vocab_size=spec.vocab_size)
+    base = PRESETS[spec.preset]()
+    shapes = dict(action_dim=action.dim, state_dim=0 if state is None else state.dim)
+    parts: dict = {"action": dataclasses.replace(base["action"], **shapes)}
+    codec = _pretrained_codec(spec.codec) if spec.codec else None
+    if codec is not None:
+        parts["vae"] = codec.config
+    torch.manual_seed(recipe.train.seed)
+    config = EmCoTConfig.from_preset(spec.preset, vocab_size=len(tokenizer), **{**parts, **spec.overrides})
+    model = EmCoTModel(config)
+    if codec is not None:
+        assert model.latent_codec is not None  # the config has a VAE: the codec's
+        model.latent_codec.load_state_dict(codec.state_dict())
+    settings = ProcessorConfig(cameras=list(dataset.cameras), robot=dataset.name)
+    return EmCoTPolicy(model, EmCoTProcessor(config, tokenizer, stats, settings))
+
+
+def _pretrained_codec(folder: str) -> LatentCodec:
+    """A trained latent codec: a diffusers AutoencoderKL folder, its geometry and calibration in ``vae_config.json``."""
+    from emcot.tokenizers.vae import LatentCodec, VAEConfig
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model.codec '{folder}' is not a codec folder (no config.json); train one with the codec trainer "
+            "or leave model.codec unset for a random codec"
+        )
+    saved = path / "vae_config.json"
+    if not saved.is_file():
+        return LatentCodec.from_pretrained(path)
+    config = VAEConfig.from_dict(read_json(saved, "codec settings"))
+    codec = LatentCodec.from_pretrained(
+        path,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        sample_posterior=config.sample_posterior,
+    )
+    # vae_config.json is authoritative: it holds the calibrated scale/shift beside the geometry.
+    codec.config = config
+    return codec
+
+
 _INITIAL_POLICIES: dict[InitSource, Callable[[Recipe], EmCoTPolicy]] = {
     InitSource.SYNTHETIC: _synthetic_policy,
     InitSource.DEFAULT: lambda recipe: EmCoTPolicy.default(),
     InitSource.COMPONENTS: _policy_from_components,
+    InitSource.FRESH: _fresh_policy,
 }
 
 
@@ -94,6 +225,9 @@ def ensure_norm_stats(policy: EmCoTPolicy, sources) -> None:
     stats = policy.processor.norm_stats
     missing: dict[str, list[EmCoTSample]] = {}
     for source in sources:
+        # A dataset view that names its robot needs no pass over its samples (videos) when it has stats.
+        if getattr(source, "robot", None) in stats:
+            continue
         for sample in source:
             if sample.actions is not None and sample.robot not in stats:
                 missing.setdefault(sample.robot, []).append(sample)
@@ -115,7 +249,9 @@ def prepare_initial_policy(recipe: Recipe, folder: Path, init: str | None) -> No
     if ft is not None:
         trace_samples = [s for source in sources for s in source if s.actions is not None]
         adapt_policy(policy, ft, trace_samples, seed=recipe.train.seed)
-    ensure_norm_stats(policy, sources)
+    # Kinds without action chunks (VQA, future frames) would be read in full for nothing.
+    kinds = [source_kind(spec.kind) for spec in recipe.data.datasets]
+    ensure_norm_stats(policy, [source for source, kind in zip(sources, kinds) if kind.actions])
     policy.model.config.loss = copy.deepcopy(recipe.loss)
     policy.save_pretrained(folder)
 

@@ -5,12 +5,19 @@ Data sources are registered in :mod:`emcot.training.data.sources`, the initial p
 
 Shipped recipes live in ``emcot/training/recipes/*.yaml``: ``stage1-tiny``, ``stage2-tiny``,
 ``finetune-tiny`` (CPU, minutes, synthetic data by default) and ``stage1-halo-4.5b``,
-``stage2-halo-4.5b``, ``finetune-halo-4.5b`` (the HALO release's settings).
+``stage2-halo-4.5b``, ``finetune-halo-4.5b`` (the HALO release's settings), ``mw-stage1-small``,
+``mw-stage2-small``, ``mw-reactive-small`` (the ``small`` preset on Meta-World demos).
+
+A recipe file may use ``${NAME}`` / ``${NAME:-default}``: environment variables (e.g. the dataset
+path ``EMCOT_MW_DATA``) point a shipped recipe elsewhere without copying it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +65,11 @@ class ModelSpec:
     ``init``: a named source (:class:`~emcot.training.policy_files.InitSource`): ``synthetic`` (a
     fresh tiny policy with a tokenizer for the synthetic task), ``default`` (the bundled tiny
     policy), ``components`` (HALO's initialisation from a Qwen LLM, SigLIP and VAE folders given in
-    ``components``); else the path of a saved policy / training output.
+    ``components``), ``fresh`` (random weights of ``preset`` built for a LeRobot dataset: its
+    cameras, action/state sizes and ``meta/stats.json``, a SentencePiece tokenizer of ``vocab_size``
+    trained on its task texts and annotations; ``dataset`` names it, default the first ``lerobot*``
+    data source; ``codec`` optionally a trained latent codec folder — a diffusers AutoencoderKL
+    with its ``vae_config.json``); else the path of a saved policy / training output.
     """
 
     init: str = "synthetic"
@@ -66,9 +77,24 @@ class ModelSpec:
     cameras: tuple[str, ...] = ("head",)
     overrides: dict = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    preset: str = "tiny"
+    dataset: str | None = None
+    codec: str | None = None
+    vocab_size: int = 1024
 
     def __post_init__(self) -> None:
-        check_fields(self, "model")
+        from emcot.presets import PRESETS
+        from emcot.tokenizers.text_sentencepiece import MIN_VOCAB_SIZE
+
+        check_fields(self, "model", vocab_size=Range(ge=MIN_VOCAB_SIZE))
+        if self.preset not in PRESETS:
+            close = difflib.get_close_matches(self.preset, PRESETS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"model.preset '{self.preset}' is not one of {sorted(PRESETS)}{hint}")
+        for key in ("dataset", "codec"):
+            # An empty path (e.g. an unset ``${VAR:-}``) means "none".
+            if getattr(self, key) == "":
+                object.__setattr__(self, key, None)
 
 
 @dataclass(frozen=True)
@@ -221,6 +247,26 @@ _SECTIONS = {
 }
 
 
+# ``${NAME}`` or ``${NAME:-default}`` in a recipe: paths a user points elsewhere without copying the file.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(text: str, where: Path | str = "recipe") -> str:
+    """``text`` with every ``${NAME:-default}`` replaced by the environment variable or its default."""
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ValueError(
+                f"{where} uses ${{{name}}} but it is not set; export {name}=... or add a default"
+            )
+        return default
+
+    return _VARIABLE.sub(value, text)
+
+
 def shipped_recipes() -> list[str]:
     """Names of the recipes that come with the package."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
@@ -237,7 +283,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                 f"shipped recipes: {shipped_recipes()}"
             )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(expand_variables(path.read_text(encoding="utf-8"), path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -10,6 +10,7 @@ A new source is one decorated function::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields, dataclass_from_dict
 from emcot.synthetic import world as synthetic
+from emcot.training.data.demo_vqa import DemoVQAConfig, DemoVQADataset
 from emcot.training.data.emcot_samples import AnnotatedDataset, SampleConfig
 from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
 from emcot.training.data.lerobot import LeRobotDataset
@@ -44,23 +46,29 @@ Builder = Callable[["DataSpec", "Recipe", int], Source]
 
 @dataclass(frozen=True)
 class SourceKind:
-    """A registered data kind: its builder and whether it reads a dataset at ``DataSpec.path``."""
+    """A registered data kind: its builder, whether it reads a dataset at ``DataSpec.path``, whether
+    that dataset is a LeRobot dataset (a fresh policy takes its cameras, texts and statistics from
+    one) and whether its samples can carry action chunks (statistics are computed only from those)."""
 
     name: str
     build: Builder
     needs_path: bool = False
+    lerobot: bool = False
+    actions: bool = True
 
 
 _SOURCES: dict[str, SourceKind] = {}
 
 
-def register(name: str, *, needs_path: bool = False) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder as data kind ``name``; a name is registered once."""
+def register(
+    name: str, *, needs_path: bool = False, lerobot: bool = False, actions: bool = True
+) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder as data kind ``name`` (flags: see :class:`SourceKind`); once per name."""
 
     def add(build: Builder) -> Builder:
         if name in _SOURCES:
             raise ValueError(f"data kind '{name}' is registered twice")
-        _SOURCES[name] = SourceKind(name, build, needs_path)
+        _SOURCES[name] = SourceKind(name, build, needs_path, lerobot=lerobot, actions=actions)
         return build
 
     return add
@@ -112,12 +120,12 @@ def _synthetic_action(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     return synthetic.synthetic_action_samples(spec.num_samples, seed=spec.seed)
 
 
-@register("synthetic_vqa")
+@register("synthetic_vqa", actions=False)
 def _synthetic_vqa(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     return synthetic.synthetic_vqa_samples(spec.num_samples, seed=spec.seed)
 
 
-@register("synthetic_generation")
+@register("synthetic_generation", actions=False)
 def _synthetic_generation(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     return synthetic.synthetic_generation_samples(spec.num_samples, seed=spec.seed)
 
@@ -136,22 +144,47 @@ def _synthetic_robot(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     )
 
 
-@register("vqa_json", needs_path=True)
+@register("vqa_json", needs_path=True, actions=False)
 def _vqa_json(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     opts = spec.options
     return LlavaVQADataset(str(spec.path), opts.get("image_root"), opts.get("max_samples"))
 
 
-@register("lerobot", needs_path=True)
+class ReasonOnly:
+    """A trace source's samples without their subgoal: reasoning then actions (the ``reason`` trace mode)."""
+
+    def __init__(self, source: AnnotatedDataset) -> None:
+        self.source = source
+        self.robot = source.robot
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> EmCoTSample:
+        return dataclasses.replace(self.source[index], subgoal=None)
+
+    def __iter__(self) -> Iterator[EmCoTSample]:
+        return (dataclasses.replace(sample, subgoal=None) for sample in self.source)
+
+
+@register("lerobot", needs_path=True, lerobot=True)
 def _lerobot(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
-    """Annotated (``mode: emcot``) or action-only (``mode: action``) samples of a LeRobot dataset."""
+    """Annotated (``mode: emcot``) or action-only (``mode: action``) samples of a LeRobot dataset.
+
+    ``subgoal: false`` (emcot mode) leaves the subgoal image out, so the traces teach the
+    ``reason`` mode (reasoning → actions) beside the full one.
+    """
     opts = dict(spec.options)
     cameras, annotations = opts.pop("cameras", None), opts.pop("annotations", None)
+    subgoal = opts.pop("subgoal", True)
+    if not isinstance(subgoal, bool):
+        raise ValueError(f"option 'subgoal'{_where(spec)} must be true or false, got {subgoal!r}")
     config = dataclass_from_dict(SampleConfig, {"horizon": horizon, **opts}, "unknown options", _where(spec))
-    return AnnotatedDataset(LeRobotDataset(str(spec.path), cameras=cameras), annotations, config)
+    source = AnnotatedDataset(LeRobotDataset(str(spec.path), cameras=cameras), annotations, config)
+    return source if subgoal else ReasonOnly(source)
 
 
-@register("lerobot_future", needs_path=True)
+@register("lerobot_future", needs_path=True, lerobot=True, actions=False)
 def _lerobot_future(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     """Future-frame generation samples of a LeRobot dataset's videos."""
     opts = dict(spec.options)
@@ -162,3 +195,12 @@ def _lerobot_future(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
 
 def _where(spec: DataSpec) -> str:
     return f" of data kind '{spec.kind}' ({spec.path})"
+
+
+@register("lerobot_vqa", needs_path=True, lerobot=True, actions=False)
+def _lerobot_vqa(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
+    """VQA samples about the frames of a LeRobot dataset's demos (state, ``sim.*`` signals, annotations)."""
+    opts = dict(spec.options)
+    cameras, annotations = opts.pop("cameras", None), opts.pop("annotations", None)
+    config = dataclass_from_dict(DemoVQAConfig, {"seed": spec.seed, **opts}, "unknown options", _where(spec))
+    return DemoVQADataset(LeRobotDataset(str(spec.path), cameras=cameras), annotations, config)
