@@ -23,7 +23,7 @@ from emcot.training.recipes import Recipe
 from emcot.types import EmCoTSample
 
 if TYPE_CHECKING:
-    from emcot.tokenizers.vae import LatentCodec
+    from emcot.tokenizers.vae import LatentCodec, VAEConfig
 
 
 class InitSource(str, Enum):
@@ -157,7 +157,7 @@ def _fresh_policy(recipe: Recipe) -> EmCoTPolicy:
     base = PRESETS[spec.preset]()
     shapes = dict(action_dim=action.dim, state_dim=0 if state is None else state.dim)
     parts: dict = {"action": dataclasses.replace(base["action"], **shapes)}
-    codec = _pretrained_codec(spec.codec) if spec.codec else None
+    codec = _pretrained_codec(spec.codec, base.get("vae")) if spec.codec else None
     if codec is not None:
         parts["vae"] = codec.config
     torch.manual_seed(recipe.train.seed)
@@ -170,8 +170,9 @@ def _fresh_policy(recipe: Recipe) -> EmCoTPolicy:
     return EmCoTPolicy(model, EmCoTProcessor(config, tokenizer, stats, settings))
 
 
-def _pretrained_codec(folder: str) -> LatentCodec:
-    """A trained latent codec: a diffusers AutoencoderKL folder, its geometry and calibration in ``vae_config.json``."""
+def _pretrained_codec(folder: str, preset: VAEConfig | None) -> LatentCodec:
+    """A trained latent codec: a diffusers AutoencoderKL folder, its geometry and calibration in
+    ``vae_config.json`` (without one, at the preset's subgoal size and latent patch)."""
     from emcot.tokenizers.vae import LatentCodec, VAEConfig
 
     path = Path(folder)
@@ -182,7 +183,9 @@ def _pretrained_codec(folder: str) -> LatentCodec:
         )
     saved = path / "vae_config.json"
     if not saved.is_file():
-        return LatentCodec.from_pretrained(path)
+        if preset is None:
+            return LatentCodec.from_pretrained(path)
+        return LatentCodec.from_pretrained(path, image_size=preset.image_size, patch_size=preset.patch_size)
     config = VAEConfig.from_dict(read_json(saved, "codec settings"))
     codec = LatentCodec.from_pretrained(
         path,
@@ -190,6 +193,18 @@ def _pretrained_codec(folder: str) -> LatentCodec:
         patch_size=config.patch_size,
         sample_posterior=config.sample_posterior,
     )
+    arch = (
+        "latent_channels",
+        "block_out_channels",
+        "layers_per_block",
+        "norm_num_groups",
+        "mid_block_attention",
+    )
+    differ = [k for k in arch if getattr(codec.config, k) != getattr(config, k)]
+    if differ:
+        raise ValueError(
+            f"{saved} disagrees with the AutoencoderKL's config.json on {differ}; re-save the codec"
+        )
     # vae_config.json is authoritative: it holds the calibrated scale/shift beside the geometry.
     codec.config = config
     return codec

@@ -111,3 +111,34 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
         stage2.optim,
     )
     assert {d.options.get("mode") for d in reactive.data.datasets} == {"action"}
+
+
+def test_a_fresh_policy_takes_a_trained_codec_with_its_calibration(mw_data, tmp_path):
+    import json
+
+    import torch
+
+    from emcot.tokenizers.vae import LatentCodec, VAEConfig
+
+    config = VAEConfig.tiny(image_size=(32, 32)).replace(scaling_factor=2.5, shift_factor=0.25)
+    torch.manual_seed(7)
+    codec = LatentCodec.from_config(config)
+    folder = tmp_path / "codec"
+    codec.vae.save_pretrained(folder, safe_serialization=True)
+    (folder / "vae_config.json").write_text(json.dumps(config.to_dict()))
+    recipe = tiny(load_recipe("mw-stage1-small"))
+    policy = build_initial_policy(
+        dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, codec=str(folder)))
+    )
+    assert policy.config.vae == config
+    loaded = policy.model.latent_codec
+    assert loaded is not None
+    for key, value in codec.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    # Without vae_config.json the codec takes the preset's subgoal geometry (the tiny preset: 32 px).
+    (folder / "vae_config.json").unlink()
+    policy = build_initial_policy(
+        dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, codec=str(folder)))
+    )
+    assert policy.config.vae is not None and policy.config.vae.image_size == (32, 32)
+    assert policy.config.vae.scaling_factor == 2.5
