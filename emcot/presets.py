@@ -86,19 +86,13 @@ def small_sized(size: SmallSize) -> dict:
         tie_word_embeddings=True,
         rope_theta=10_000.0,
         vision=vision,
-        vae=_small_vae(size.subgoal_px),
+        vae=VAEConfig.small(image_size=(size.subgoal_px, size.subgoal_px)),
         action=ActionSpaceConfig(action_dim=4, state_dim=4, horizon=8, norm_mode="mean_std"),
         # The mw recipes train with condition dropout, so guidance is usable; 2.0 / 1.5 are mild
         # scales for a model this size (HALO's 4.0 / 2.0 overshoot on small latents).
         subgoal_sampler=FlowSamplerConfig.subgoal(num_steps=20, text_guidance=2.0, image_guidance=1.5),
         action_sampler=FlowSamplerConfig.actions(),
     )
-
-
-def _small_vae(px: int) -> VAEConfig:
-    # VAEConfig.small (being added beside the codec trainer) is preferred; tiny is the fallback.
-    factory = getattr(VAEConfig, "small", VAEConfig.tiny)
-    return factory(image_size=(px, px))
 
 
 def small() -> dict:
