@@ -40,15 +40,24 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """A whole number ≥ 1."""
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got '{text}'")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what} ≥ {low}, got '{text}'")
     return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number ≥ 1."""
+    return _int_at_least(text, 1, "a whole number")
+
+
+def seed_number(text: str) -> int:
+    """A random seed: a whole number ≥ 0."""
+    return _int_at_least(text, 0, "a seed")
 
 
 def state_vector(text: str) -> np.ndarray:

@@ -9,17 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from emcot.cli.args import output_folder, positive_int
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed ≥ 0, got '{text}'")
-    return value
+from emcot.cli.args import output_folder, positive_int, seed_number
 
 
 def _collect_metaworld(args: argparse.Namespace) -> int:
@@ -53,7 +43,7 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", required=True, help="tasks or splits, e.g. push,drawer-open or mt10, easy")
     parser.add_argument("--episodes", type=positive_int, default=50, help="episodes kept per task")
     parser.add_argument(
-        "--seed", type=_seed, default=0, help="episode i uses seed + i (evaluation: 1000 + i)"
+        "--seed", type=seed_number, default=0, help="episode i uses seed + i (evaluation: 1000 + i)"
     )
     parser.add_argument("--out", type=output_folder, required=True, help="dataset folder (created)")
     parser.add_argument("--resolution", type=positive_int, default=128, help="square frame side in pixels")

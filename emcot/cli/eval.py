@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from emcot.cli.args import MODES, output_folder, positive_int
+from emcot.cli.args import MODES, output_folder, positive_int, seed_number
 
 # Benchmarks ``emcot eval`` knows; each is a positional choice so more can join later.
 BENCHMARKS = ("metaworld",)
@@ -47,7 +47,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks", default="easy", help="easy|medium|hard|very_hard|mt10|mt50 or task,task,..."
     )
     parser.add_argument("--episodes", type=positive_int, default=10, help="episodes per task and mode")
-    parser.add_argument("--seed", type=int, default=1000, help="episode i uses seed SEED + i")
+    parser.add_argument("--seed", type=seed_number, default=1000, help="episode i uses seed SEED + i")
     parser.add_argument(
         "--modes", type=_modes, default=("full",), help="trace modes, e.g. full,reason,reactive"
     )

@@ -7,7 +7,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from emcot.cli.args import MODES, load_policy, positive_int
+from emcot.cli.args import MODES, load_policy, positive_int, seed_number
 
 if TYPE_CHECKING:
     from emcot.runtime.rules import ReplanRule
@@ -66,7 +66,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-action-steps", type=positive_int, default=None, help="rows of each returned chunk"
     )
-    parser.add_argument("--seed", type=int, default=None, help="step i of a connection uses seed + i")
+    parser.add_argument("--seed", type=seed_number, default=None, help="step i of a connection uses seed + i")
     parser.add_argument(
         "--obs-map",
         type=key_target,
