@@ -21,6 +21,7 @@ from emcot.inference.plan import KeptPlan
 from emcot.inference.trace import Trace
 from emcot.io_utils import check_value
 from emcot.policy.policy import EmCoTPolicy
+from emcot.runtime.calibration import latent_distance
 from emcot.runtime.rules import DEFAULT_RULES, ReplanRule, StepContext
 from emcot.sequence.layouts import TraceMode
 from emcot.types import Observation
@@ -136,9 +137,8 @@ class PolicySession:
         def distance() -> float | None:
             if plan.subgoal_latents is None:
                 return None
-            current = self.policy.image_latents(observation.images[self.policy.cameras[0]])
-            target = plan.subgoal_latents.to(current.device, current.dtype)
-            return float((current - target).pow(2).mean().sqrt())
+            frame = observation.images[self.policy.cameras[0]]
+            return latent_distance(self.policy, frame, plan.subgoal_latents)
 
         context = StepContext(
             step=self.steps,

@@ -43,6 +43,29 @@ class EpisodeContext:
     states: np.ndarray | None = None
     actions: np.ndarray | None = None
 
+    def annotated(
+        self,
+        plan: str,
+        subtasks: list,
+        annotator: dict,
+        *,
+        prompt_versions: dict | None = None,
+        attempts: int = 1,
+    ) -> EpisodeAnnotation:
+        """A validated successful record for this episode."""
+        return EpisodeAnnotation(
+            episode_index=self.episode_index,
+            num_frames=self.num_frames,
+            instruction=self.instruction,
+            plan=plan,
+            subtasks=subtasks,
+            primitives=self.primitives,
+            annotator=dict(annotator),
+            prompt_versions=dict(prompt_versions or {}),
+            attempts=attempts,
+            dataset=self.dataset,
+        ).validate()
+
     def failed(
         self, error: str, annotator: dict, prompt_versions: dict, attempts: int = 1
     ) -> EpisodeAnnotation:
@@ -163,18 +186,9 @@ class VLMAnnotator:
             attempts += n
         except AnnotationFailure as exc:
             return context.failed(str(exc), self.info, self.prompt_versions, attempts + exc.attempts)
-        return EpisodeAnnotation(
-            episode_index=context.episode_index,
-            num_frames=context.num_frames,
-            instruction=context.instruction,
-            plan=narrative,
-            subtasks=segments,
-            primitives=context.primitives,
-            annotator=self.info,
-            prompt_versions=self.prompt_versions,
-            attempts=attempts,
-            dataset=context.dataset,
-        ).validate()
+        return context.annotated(
+            narrative, segments, self.info, prompt_versions=self.prompt_versions, attempts=attempts
+        )
 
 
 @dataclass(frozen=True)
@@ -273,15 +287,4 @@ class RuleAnnotator:
             subtasks.append(SubtaskAnnotation(text, start, end, reasoning, end))
         steps = "; ".join(f"{i + 1}) {s.text.lower()}" for i, s in enumerate(subtasks))
         plan = f"To {context.instruction.rstrip('.').lower()}, I will {steps}."
-        annotation = EpisodeAnnotation(
-            episode_index=context.episode_index,
-            num_frames=context.num_frames,
-            instruction=context.instruction,
-            plan=plan,
-            subtasks=subtasks,
-            primitives=context.primitives,
-            annotator=dict(self.info),
-            prompt_versions=dict(self.prompt_versions),
-            dataset=context.dataset,
-        )
-        return annotation.validate()
+        return context.annotated(plan, subtasks, self.info, prompt_versions=self.prompt_versions)

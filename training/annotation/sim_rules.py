@@ -386,13 +386,5 @@ class SimRuleAnnotator:
             )
         steps = [_step(phase, values, first=i == 0) for i, (phase, _, _) in enumerate(pieces)]
         plan = f"{values['scene']} To {context.instruction.rstrip('.').lower()}, I will {_join(steps)}."
-        return EpisodeAnnotation(
-            episode_index=context.episode_index,
-            num_frames=context.num_frames,
-            instruction=context.instruction,
-            plan=plan,
-            subtasks=subtasks,
-            primitives=context.primitives,
-            annotator=dict(self.info) | {"family": family.name, "phases": [p.value for p, _, _ in pieces]},
-            dataset=context.dataset,
-        ).validate()
+        phases = [p.value for p, _, _ in pieces]
+        return context.annotated(plan, subtasks, dict(self.info) | {"family": family.name, "phases": phases})

@@ -178,7 +178,6 @@ class DemoVQADataset:
             for episode in dataset.episode_indices
             for t in range(0, dataset.record(episode).length, self.config.stride)
         ]
-        self._cached: LeRobotEpisode | None = None
 
     def _workspace(self) -> tuple[np.ndarray | None, np.ndarray | None, float | None]:
         """xyz origin and extent of the place words and the open threshold, from the config or the stats."""
@@ -200,11 +199,6 @@ class DemoVQADataset:
     def __iter__(self) -> Iterator[EmCoTSample]:
         return (self[i] for i in range(len(self)))
 
-    def _episode(self, episode_index: int) -> LeRobotEpisode:
-        if self._cached is None or self._cached.episode_index != episode_index:
-            self._cached = self.dataset.episode(episode_index)
-        return self._cached
-
     def facts(self, episode: LeRobotEpisode, t: int) -> FrameFacts:
         """What the recording says about frame ``t`` of ``episode``."""
         state = None if episode.states is None else episode.states[t]
@@ -222,7 +216,7 @@ class DemoVQADataset:
 
     def __getitem__(self, i: int) -> EmCoTSample:
         episode_index, t = self.index[i]
-        episode = self._episode(episode_index)
+        episode = self.dataset.episode(episode_index)
         facts = self.facts(episode, t)
         answered = [(QUESTIONS[q][0], QUESTIONS[q][1](facts)) for q in self.config.questions]
         turns = [(q, a) for q, a in answered if a]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from emcot.io_utils import AT_LEAST_ONE, check_fields
-from emcot.training.data.lerobot import LeRobotDataset, LeRobotEpisode
+from emcot.training.data.lerobot import LeRobotDataset
 from emcot.types import EmCoTSample, Observation, SampleKind
 
 
@@ -64,7 +64,6 @@ class FutureFrameDataset:
                 f"no episode of {dataset.root} is longer than {first + cfg.offset} frames; "
                 "lower FutureFrameConfig.offset or context"
             )
-        self._cached: LeRobotEpisode | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -72,14 +71,9 @@ class FutureFrameDataset:
     def __iter__(self) -> Iterator[EmCoTSample]:
         return (self[i] for i in range(len(self)))
 
-    def _episode(self, episode_index: int) -> LeRobotEpisode:
-        if self._cached is None or self._cached.episode_index != episode_index:
-            self._cached = self.dataset.episode(episode_index)
-        return self._cached
-
     def __getitem__(self, i: int) -> EmCoTSample:
         episode_index, t = self.index[i]
-        episode = self._episode(episode_index)
+        episode = self.dataset.episode(episode_index)
         frames = episode.images(self.camera)
         cfg = self.config
         context = [t - k * cfg.context_gap for k in reversed(range(cfg.context))]

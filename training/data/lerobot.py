@@ -10,6 +10,7 @@ Images come from mp4 files decoded with PyAV or from PNG/JPEG bytes stored in th
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from emcot.io_utils import AT_LEAST_ONE, check_value
 from emcot.training.data.lerobot_meta import (
     IMAGE_PREFIX,
     EpisodeRecord,
@@ -130,6 +132,8 @@ class LeRobotDataset:
         state_key: str | None = "observation.state",
         action_key: str | None = "action",
         video_tolerance_s: float | None = None,
+        *,
+        cached_episodes: int = 1,
     ):
         self.root = Path(root)
         self.info = LeRobotInfo.load(self.root)
@@ -157,6 +161,10 @@ class LeRobotDataset:
         self.video_tolerance_s = video_tolerance_s if video_tolerance_s is not None else 0.5 / self.info.fps
         self._stats: dict | None = None
         self._cached_file: tuple[str, pyarrow.Table] | None = None
+        # The last episodes read, with their decoded images: samples of one episode are read
+        # together, and decoding an episode's video costs 45–75 ms at 128 px.
+        self.cached_episodes = check_value("cached_episodes", cached_episodes, int, AT_LEAST_ONE)
+        self._episodes: OrderedDict[int, LeRobotEpisode] = OrderedDict()
 
     @property
     def fps(self) -> float:
@@ -191,7 +199,17 @@ class LeRobotDataset:
         return self._records[episode_index]
 
     def episode(self, episode_index: int) -> LeRobotEpisode:
-        """Load one episode's rows; images are decoded lazily by ``LeRobotEpisode.images``."""
+        """One episode's rows; images are decoded lazily by ``LeRobotEpisode.images``. The last
+        ``cached_episodes`` episodes are kept (shared, so treat their arrays as read-only)."""
+        episode = self._episodes.pop(episode_index, None)
+        if episode is None:
+            episode = self._load_episode(episode_index)
+            while len(self._episodes) >= self.cached_episodes:
+                self._episodes.popitem(last=False)
+        self._episodes[episode_index] = episode
+        return episode
+
+    def _load_episode(self, episode_index: int) -> LeRobotEpisode:
         record = self.record(episode_index)
         table = self._episode_table(record)
         if table.num_rows != record.length:
