@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    policy = EmCoTPolicy.default()
+    policy = EmCoTPolicy.synthetic()
     samples = synthetic_samples(args.episodes, seed=123)
     episodes = []
     for sample in samples:

@@ -151,7 +151,7 @@ def report_server(repeats: int, threads: int) -> None:
         print("server: skipped (pip install --no-deps openpi-client==0.1.2)")
         return
     torch.set_num_threads(threads)
-    policy = EmCoTPolicy.default()
+    policy = EmCoTPolicy.synthetic()
     session_config = SessionConfig(replan=(EveryK(4),), seed=0)
     observations = obs_dicts(repeats)
     local = session_config.open(policy)
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--skip-server", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report_policy("tiny (bundled)", EmCoTPolicy.default(), args.repeats)
+    report_policy("tiny (bundled)", EmCoTPolicy.synthetic(), args.repeats)
     report_policy("mid-size (random)", mid_size_policy(), args.repeats)
     if not args.skip_server:
         for threads in sorted({1, args.threads}):

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    policy = EmCoTPolicy.default()
+    policy = EmCoTPolicy.synthetic()
     sample = synthetic_samples(1, seed=0)[0]
     guided = {"action_text_guidance": 2.0, "action_image_guidance": 1.5}
     for mode, options in [(m, {}) for m in TraceMode] + [

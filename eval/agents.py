@@ -3,18 +3,20 @@
 API:
 - ``PolicyKind`` — ``emcot`` (a policy folder or ``default``), ``expert``, ``random``.
 - ``AgentSpec(policy="default", modes=("full",), replan=None, n_action_steps=None,
-  camera_map=None, image_size=None)`` — ``mode_names`` are the result columns (the trace modes for
-  an emcot policy; ``("expert",)`` / ``("random",)`` otherwise).
+  camera_map=None, image_size=None, async_replan=False)`` — ``mode_names`` are the result columns
+  (the trace modes for an emcot policy; ``("expert",)`` / ``("random",)`` otherwise).
 - ``AgentFactory(spec, env_config)`` — loads the policy once (one per worker), checks the adapter
   (``ValueError`` for cameras/state/actions the environment cannot feed) and answers
   ``env_cameras`` and ``make(task, mode, seed) -> Agent`` (a fresh session per episode, seeded with
   the episode's seed, so an episode never depends on which worker ran what before it).
+- ``policy_card(policy) -> PolicyCard | None`` — what an emcot policy was trained on (its tasks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emcot.eval.adapters import BLIND_ADAPTER, EXPERT_ADAPTER, ObservationAdapter, adapter_for_policy
@@ -26,6 +28,7 @@ from emcot.io_utils import check_fields
 from emcot.sequence.layouts import TraceMode
 
 if TYPE_CHECKING:
+    from emcot.policy.card import PolicyCard
     from emcot.policy.policy import EmCoTPolicy
     from emcot.runtime.rules import ReplanRule
 
@@ -45,8 +48,9 @@ class PolicyKind(str, Enum):
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """The policy (``default``, a folder, ``expert`` or ``random``), its trace modes, re-planning
-    rules spec, actions executed per step, camera map (env camera → policy camera) and image side."""
+    """The policy (a bundled name, a folder, ``expert`` or ``random``), its trace modes, re-planning
+    rules spec, actions executed per step, camera map (env camera → policy camera), image side, and
+    whether the session thinks in a background thread while it acts (``async_replan``)."""
 
     policy: str = "default"
     modes: tuple[str, ...] = ("full",)
@@ -54,6 +58,7 @@ class AgentSpec:
     n_action_steps: int | None = None
     camera_map: tuple[tuple[str, str], ...] | None = None
     image_size: int | None = None
+    async_replan: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "AgentSpec")
@@ -85,10 +90,21 @@ class AgentSpec:
         return parse_rules(self.replan)
 
 
+def policy_card(policy: str) -> PolicyCard | None:
+    """The card of an emcot policy (a bundled name or a folder), without loading its weights."""
+    from emcot.policy.card import PolicyCard
+    from emcot.policy.policy import BUNDLED_POLICIES
+
+    if PolicyKind.of(policy) is not PolicyKind.EMCOT:
+        return None
+    folder = BUNDLED_POLICIES[policy][0] if policy in BUNDLED_POLICIES else Path(policy)
+    return PolicyCard.load(folder)
+
+
 def _load_policy(name: str) -> EmCoTPolicy:
     from emcot.policy.policy import EmCoTPolicy
 
-    return EmCoTPolicy.default() if name == "default" else EmCoTPolicy.from_pretrained(name)
+    return EmCoTPolicy.load(name)
 
 
 class AgentFactory:
@@ -131,6 +147,11 @@ class AgentFactory:
         assert self.policy is not None
         rules = DEFAULT_RULES if self._rules is None else self._rules
         policy_session = PolicySession(
-            self.policy, rules, mode=mode, n_action_steps=self.spec.n_action_steps, seed=seed
+            self.policy,
+            rules,
+            mode=mode,
+            n_action_steps=self.spec.n_action_steps,
+            seed=seed,
+            async_replan=self.spec.async_replan,
         )
         return Agent(mode, policy_session, self.adapter)

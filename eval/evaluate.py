@@ -136,6 +136,7 @@ def protocol_of(config: EvalConfig) -> dict[str, Any]:
         "n_action_steps": agent.n_action_steps,
         "camera_map": None if agent.camera_map is None else dict(agent.camera_map),
         "image_size": agent.image_size,
+        "async_replan": agent.async_replan,
         "seed": config.seed,
         "resolution": config.resolution,
         "max_steps": config.max_steps,
@@ -198,13 +199,18 @@ class _Worker:
 
     def run(self, job: Job) -> EpisodeSummary:
         agent = self.factory.make(job.task, job.mode, job.seed)
-        record = run_episode(
-            self.env_for(job.task),
-            agent,
-            seed=job.seed,
-            episode=job.episode,
-            config=self.config.rollout_config(),
-        )
+        try:
+            record = run_episode(
+                self.env_for(job.task),
+                agent,
+                seed=job.seed,
+                episode=job.episode,
+                config=self.config.rollout_config(),
+            )
+        finally:
+            close = getattr(agent.session, "close", None)
+            if close is not None:
+                close()  # an asynchronous session's thinking thread
         record.save(episode_folder(self.out, job.task, job.mode, job.episode))
         return record.summary()
 

@@ -5,11 +5,14 @@ bucket the mean of its tasks); LeRobot's ``pc_success`` is the **episode mean** 
 weighs the same, so the 28 easy tasks dominate). Both are always given.
 
 API:
-- ``CellMetrics(success_rate, episodes, mean_steps, think_ratio, step_ms)`` — ``think_ratio`` is the
-  fraction of policy steps that re-planned, ``step_ms`` the mean policy latency per policy step.
+- ``CellMetrics(success_rate, episodes, mean_steps, think_ratio, step_ms, control_hz)`` —
+  ``think_ratio`` is the fraction of policy steps that re-planned, ``step_ms`` the mean policy
+  latency per policy step, ``control_hz`` the env steps (actions) per second of policy latency: the
+  control rate the policy sustains on this machine, simulator time excluded.
 - ``aggregate(summaries) -> CellMetrics`` — pooled over episodes.
 - ``EvalMetrics`` — ``tasks[task][mode]``, ``splits[bucket][mode]``, ``bucket_mean[mode]``,
-  ``episode_mean[mode]``; ``to_dict()`` is the ``results.json`` layout (without ``protocol``).
+  ``episode_mean[mode]``; ``to_dict()`` is the ``results.json`` layout (without ``protocol``),
+  ``metrics_from_dict(data)`` reads it back.
 - ``compute_metrics(summaries, bucket_of) -> EvalMetrics`` — ``bucket_of(task)`` names the bucket.
 """
 
@@ -21,6 +24,7 @@ from statistics import fmean
 from typing import Any
 
 from emcot.eval.records import EpisodeSummary
+from emcot.io_utils import dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class CellMetrics:
     mean_steps: float
     think_ratio: float
     step_ms: float
+    control_hz: float = 0.0
 
 
 def aggregate(summaries: Sequence[EpisodeSummary]) -> CellMetrics:
@@ -39,12 +44,14 @@ def aggregate(summaries: Sequence[EpisodeSummary]) -> CellMetrics:
     if not summaries:
         raise ValueError("no episodes to aggregate")
     policy_steps = sum(s.policy_steps for s in summaries)
+    step_s = sum(s.step_s for s in summaries)
     return CellMetrics(
         success_rate=fmean(float(s.success) for s in summaries),
         episodes=len(summaries),
         mean_steps=fmean(s.steps for s in summaries),
         think_ratio=sum(s.replans for s in summaries) / policy_steps if policy_steps else 0.0,
-        step_ms=1000.0 * sum(s.step_s for s in summaries) / policy_steps if policy_steps else 0.0,
+        step_ms=1000.0 * step_s / policy_steps if policy_steps else 0.0,
+        control_hz=sum(s.steps for s in summaries) / step_s if step_s > 0 else 0.0,
     )
 
 
@@ -58,6 +65,7 @@ def mean_of_cells(cells: Sequence[CellMetrics]) -> CellMetrics:
         mean_steps=fmean(c.mean_steps for c in cells),
         think_ratio=fmean(c.think_ratio for c in cells),
         step_ms=fmean(c.step_ms for c in cells),
+        control_hz=fmean(c.control_hz for c in cells),
     )
 
 
@@ -87,6 +95,23 @@ class EvalMetrics:
             "bucket_mean": {mode: asdict(cell) for mode, cell in self.bucket_mean.items()},
             "episode_mean": {mode: asdict(cell) for mode, cell in self.episode_mean.items()},
         }
+
+
+def metrics_from_dict(data: dict[str, Any]) -> EvalMetrics:
+    """The inverse of :meth:`EvalMetrics.to_dict` (``results.json`` without its protocol)."""
+
+    def cell(values: dict[str, Any]) -> CellMetrics:
+        return dataclass_from_dict(CellMetrics, values, where=" in results.json")
+
+    def table(rows: dict[str, Any]) -> dict[str, dict[str, CellMetrics]]:
+        return {row: {mode: cell(values) for mode, values in modes.items()} for row, modes in rows.items()}
+
+    return EvalMetrics(
+        tasks=table(data["tasks"]),
+        splits=table(data["splits"]),
+        bucket_mean={mode: cell(values) for mode, values in data["bucket_mean"].items()},
+        episode_mean={mode: cell(values) for mode, values in data["episode_mean"].items()},
+    )
 
 
 def _ordered(items: Iterable[str]) -> list[str]:

@@ -3,7 +3,7 @@
 API:
 - ``results_table(metrics) -> str`` — one row per task, then one per difficulty bucket, then the
   bucket mean and the episode mean; one column per mode with the success rate in percent; a second
-  table gives mean steps, think ratio and step latency per mode.
+  table gives mean steps, think ratio, step latency and control rate per mode.
 - ``results_markdown(metrics, protocol) -> str`` — both tables under a title, with the protocol.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 from emcot.eval.metrics import CellMetrics, EvalMetrics
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with padded columns."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
 
     def line(cells: Sequence[str]) -> str:
@@ -25,8 +26,12 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def _percent(cell: CellMetrics | None) -> str:
+def percent(cell: CellMetrics | None) -> str:
+    """A success rate in percent with one decimal, or — for a missing cell."""
     return "—" if cell is None else f"{100.0 * cell.success_rate:.1f}"
+
+
+COST_COLUMNS = ("episodes", "mean steps", "think ratio", "ms / policy step", "control Hz")
 
 
 def success_table(metrics: EvalMetrics) -> str:
@@ -34,22 +39,31 @@ def success_table(metrics: EvalMetrics) -> str:
     modes = metrics.modes
     rows: list[list[str]] = []
     for task, cells in metrics.tasks.items():
-        rows.append([task, *(_percent(cells.get(mode)) for mode in modes)])
+        rows.append([task, *(percent(cells.get(mode)) for mode in modes)])
     for bucket, cells in metrics.splits.items():
         episodes = max(cell.episodes for cell in cells.values())
-        rows.append([f"**{bucket}** ({episodes} ep)", *(_percent(cells.get(mode)) for mode in modes)])
-    rows.append(["**bucket mean**", *(_percent(metrics.bucket_mean.get(mode)) for mode in modes)])
-    rows.append(["**episode mean**", *(_percent(metrics.episode_mean.get(mode)) for mode in modes)])
-    return _markdown(["success %", *modes], rows)
+        rows.append([f"**{bucket}** ({episodes} ep)", *(percent(cells.get(mode)) for mode in modes)])
+    rows.append(["**bucket mean**", *(percent(metrics.bucket_mean.get(mode)) for mode in modes)])
+    rows.append(["**episode mean**", *(percent(metrics.episode_mean.get(mode)) for mode in modes)])
+    return markdown_table(["success %", *modes], rows)
 
 
 def cost_table(metrics: EvalMetrics) -> str:
-    """Per mode (episode-pooled): episodes, mean env steps, think ratio and ms per policy step."""
-    rows = [
-        [mode, str(c.episodes), f"{c.mean_steps:.1f}", f"{c.think_ratio:.3f}", f"{c.step_ms:.2f}"]
-        for mode, c in metrics.episode_mean.items()
+    """Per mode (episode-pooled): episodes, mean env steps, think ratio, ms per policy step and the
+    control rate (env steps per second of policy latency)."""
+    rows = [[mode, *cost_cells(c)] for mode, c in metrics.episode_mean.items()]
+    return markdown_table(["mode", *COST_COLUMNS], rows)
+
+
+def cost_cells(c: CellMetrics) -> list[str]:
+    """The cost columns (:data:`COST_COLUMNS`) of one cell."""
+    return [
+        str(c.episodes),
+        f"{c.mean_steps:.1f}",
+        f"{c.think_ratio:.3f}",
+        f"{c.step_ms:.2f}",
+        f"{c.control_hz:.1f}",
     ]
-    return _markdown(["mode", "episodes", "mean steps", "think ratio", "ms / policy step"], rows)
 
 
 def results_table(metrics: EvalMetrics) -> str:

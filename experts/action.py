@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emcot.experts.embeddings import TimestepEmbedder, step_sincos
+from emcot.experts.embeddings import TimestepEmbedder, step_sincos, zero_init
 
 
 class ActionIO(nn.Module):
@@ -21,8 +21,7 @@ class ActionIO(nn.Module):
         self.action_in = nn.Linear(action_dim, hidden_size)
         self.time_embedder = TimestepEmbedder(hidden_size, frequency_dim)
         self.action_out = nn.Linear(hidden_size, action_dim)
-        nn.init.zeros_(self.action_out.weight)
-        nn.init.zeros_(self.action_out.bias)
+        zero_init(self.action_out)
 
     def embed_state(self, state: torch.Tensor) -> torch.Tensor:
         """``state [B, state_dim]`` → one token per sample ``[B, 1, hidden]``."""

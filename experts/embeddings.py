@@ -77,3 +77,20 @@ class TimestepEmbedder(nn.Module):
         first = self.mlp[0]
         assert isinstance(first, nn.Linear)  # built in __init__
         return self.mlp(self.frequencies(t).to(first.weight.dtype))
+
+
+def zero_init(layer: nn.Linear) -> nn.Linear:
+    """Zero ``layer`` and mark it so that model-wide re-initialisation keeps it at zero.
+
+    Flow heads start at zero so that a fresh expert predicts zero velocity rather than noise.
+    """
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    layer.emcot_zero_init = True  # type: ignore[assignment]
+    return layer
+
+
+def is_zero_init(layer: nn.Module) -> bool:
+    """Whether :func:`zero_init` marked ``layer``."""
+    return bool(getattr(layer, "emcot_zero_init", False))

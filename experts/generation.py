@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emcot.experts.embeddings import TimestepEmbedder, grid_sincos
+from emcot.experts.embeddings import TimestepEmbedder, grid_sincos, zero_init
 
 
 class SubgoalIO(nn.Module):
@@ -19,8 +19,7 @@ class SubgoalIO(nn.Module):
         self.latent_in = nn.Linear(token_dim, hidden_size)
         self.time_embedder = TimestepEmbedder(hidden_size, frequency_dim)
         self.latent_out = nn.Linear(hidden_size, token_dim)
-        nn.init.zeros_(self.latent_out.weight)
-        nn.init.zeros_(self.latent_out.bias)
+        zero_init(self.latent_out)
 
     def embed(self, tokens: torch.Tensor, t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """``tokens [B, n, token_dim]`` at times ``t [B]`` (0 for clean copies) → ``[B, n, hidden]``."""

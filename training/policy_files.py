@@ -30,7 +30,7 @@ class InitSource(str, Enum):
     """The named starting points of ``model.init``; any other value is the path of a saved policy."""
 
     SYNTHETIC = "synthetic"  # a fresh tiny policy with a tokenizer for the synthetic task
-    DEFAULT = "default"  # the bundled tiny policy
+    DEFAULT = "default"  # the bundled Meta-World policy
     COMPONENTS = "components"  # HALO's initialisation from the Qwen / SigLIP / VAE folders of the recipe
     FRESH = "fresh"  # random weights of model.preset, sized and tokenised for the recipe's LeRobot dataset
 
@@ -219,10 +219,11 @@ _INITIAL_POLICIES: dict[InitSource, Callable[[Recipe], EmCoTPolicy]] = {
 
 
 def _saved_policy(source: str, names: list[str]) -> EmCoTPolicy:
-    """A saved policy folder, or a training output whose ``final`` folder holds one."""
+    """A saved policy folder, or a training output: its ``final-ema`` policy (the averaged weights,
+    what the run is evaluated with) when it kept an EMA, else its ``final`` one."""
     path = Path(source)
-    if (path / "final").is_dir() and not (path / "config.json").is_file():
-        path = path / "final"
+    if not (path / "config.json").is_file():
+        path = next((path / name for name in ("final-ema", "final") if (path / name / "config.json").is_file()), path)
     if not (path / "config.json").is_file():
         close = difflib.get_close_matches(source, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -63,7 +63,7 @@ class ModelSpec:
     """Where the initial weights come from.
 
     ``init``: a named source (:class:`~emcot.training.policy_files.InitSource`): ``synthetic`` (a
-    fresh tiny policy with a tokenizer for the synthetic task), ``default`` (the bundled tiny
+    fresh tiny policy with a tokenizer for the synthetic task), ``default`` (the bundled Meta-World
     policy), ``components`` (HALO's initialisation from a Qwen LLM, SigLIP and VAE folders given in
     ``components``), ``fresh`` (random weights of ``preset`` built for a LeRobot dataset: its
     cameras, action/state sizes and ``meta/stats.json``, a SentencePiece tokenizer of ``vocab_size``
@@ -99,16 +99,22 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training mixture, its packing budget, condition dropout and an optional validation mixture."""
+    """The training mixture, its packing budget, condition dropout and an optional validation mixture.
+
+    ``frame_cache_gb``: the per-process budget of decoded video frames kept in memory
+    (``training.data.frame_cache``); random packing re-reads episodes, so a budget that holds the
+    whole dataset's frames makes each episode decode once. 0 disables it.
+    """
 
     datasets: tuple[DataSpec, ...] = ()
     packing: PackingConfig = PackingConfig()
     dropout: ConditionDropout = ConditionDropout()
     validation: tuple[DataSpec, ...] = ()
     validation_packs: int = 2
+    frame_cache_gb: float = 2.0
 
     def __post_init__(self) -> None:
-        check_fields(self, "data", validation_packs=AT_LEAST_ONE)
+        check_fields(self, "data", validation_packs=AT_LEAST_ONE, frame_cache_gb=NON_NEGATIVE)
         for name in ("datasets", "validation"):
             specs = tuple(_build(DataSpec, d, f"data.{name}[{i}]") for i, d in enumerate(getattr(self, name)))
             object.__setattr__(self, name, specs)

@@ -34,6 +34,7 @@ from emcot.training.checkpoints import (
     truncate_metrics,
 )
 from emcot.training.collate import SampleCollator
+from emcot.training.data.frame_cache import frame_cache
 from emcot.training.data.sources import build_source
 from emcot.training.divergence import DivergenceGuard, StepHealth, any_process, refuse_nonfinite
 from emcot.training.ema import EMA
@@ -155,6 +156,7 @@ class Trainer:
         horizon = model.config.action.horizon
         self.collator = SampleCollator(policy.processor, recipe.data.dropout)
         data = recipe.data
+        frame_cache().set_budget(int(data.frame_cache_gb * (1 << 30)))
         self.packer = TokenPacker(
             [build_source(s, recipe, horizon) for s in data.datasets],
             [s.weight for s in data.datasets],

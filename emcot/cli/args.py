@@ -158,15 +158,19 @@ def save_image(image: PILImage.Image, path: Path) -> Path:
 
 
 def add_policy_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--policy FOLDER`` (default: the bundled tiny policy)."""
-    parser.add_argument("--policy", default="default", help="policy folder, or 'default'")
+    """Add ``--policy FOLDER`` (default: the bundled Meta-World policy)."""
+    parser.add_argument(
+        "--policy",
+        default="default",
+        help="policy folder, or a bundled policy: 'default' (Meta-World), 'synthetic'",
+    )
 
 
 def load_policy(name: str) -> EmCoTPolicy:
-    """The policy ``--policy`` names: a folder, or ``default`` for the bundled tiny one."""
+    """The policy ``--policy`` names: a folder, or a bundled policy (``default``, ``synthetic``)."""
     from emcot.policy.policy import EmCoTPolicy
 
-    return EmCoTPolicy.default() if name == "default" else EmCoTPolicy.from_pretrained(name)
+    return EmCoTPolicy.load(name)
 
 
 def print_trace(trace: Trace, out: Path | None) -> None:

@@ -41,10 +41,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` arguments to ``parser``."""
     parser.add_argument("benchmark", choices=BENCHMARKS, help="the simulator benchmark to run")
     parser.add_argument(
-        "--policy", default="default", help="policy folder, 'default' (bundled tiny), 'expert' or 'random'"
+        "--policy",
+        default="default",
+        help="policy folder, a bundled policy ('default', 'synthetic'), 'expert' or 'random'",
     )
     parser.add_argument(
-        "--tasks", default="easy", help="easy|medium|hard|very_hard|mt10|mt50 or task,task,..."
+        "--tasks",
+        help="easy|medium|hard|very_hard|mt10|mt50 or task,task,... (default: the tasks the policy's "
+        "card lists, else easy)",
     )
     parser.add_argument("--episodes", type=positive_int, default=10, help="episodes per task and mode")
     parser.add_argument("--seed", type=seed_number, default=1000, help="episode i uses seed SEED + i")
@@ -53,6 +57,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--replan", help="re-planning rules, e.g. 'requested,instruction_changed,plan_age=8'")
     parser.add_argument("--n-action-steps", type=positive_int, help="actions executed per policy step")
+    parser.add_argument(
+        "--async-replan",
+        action="store_true",
+        help="think in a background thread while acting on the last plan",
+    )
     parser.add_argument(
         "--camera-map", type=_camera_map, help="ENV_CAMERA=POLICY_CAMERA,... e.g. corner2=head"
     )
@@ -73,7 +82,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, print the tables; 0 when every episode is done."""
-    from emcot.eval.agents import AgentSpec
+    from emcot.eval.agents import AgentSpec, policy_card
     from emcot.eval.envs.metaworld import require_metaworld
     from emcot.eval.envs.metaworld_tasks import expand_tasks
     from emcot.eval.evaluate import RESULTS_FILE, EvalConfig, evaluate
@@ -86,9 +95,14 @@ def run_eval(args: argparse.Namespace) -> int:
         n_action_steps=args.n_action_steps,
         camera_map=None if args.camera_map is None else tuple(args.camera_map.items()),
         image_size=args.image_size,
+        async_replan=args.async_replan,
     )
+    tasks = args.tasks
+    if tasks is None:
+        card = policy_card(args.policy)
+        tasks = ",".join(card.tasks) if card is not None and card.benchmark == args.benchmark else "easy"
     config = EvalConfig(
-        tasks=tuple(expand_tasks(args.tasks)),
+        tasks=tuple(expand_tasks(tasks)),
         agent=agent,
         episodes=args.episodes,
         seed=args.seed,

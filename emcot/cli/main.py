@@ -1,5 +1,5 @@
 """The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, serve, collect,
-eval, convert.
+eval, compare, convert.
 
 Every failure ends as one line ``emcot <command>: error: <message>`` on stderr: exit 2 for a usage
 error (caught by the argument types before any work), 1 for a failure in the work, 130 for Ctrl-C.
@@ -18,6 +18,7 @@ import yaml
 
 from emcot.cli.annotate import add_annotate_arguments, run_annotate
 from emcot.cli.collect import add_collect_arguments, run_collect
+from emcot.cli.compare import add_compare_arguments, run_compare
 from emcot.cli.convert import add_convert_arguments, run_convert
 from emcot.cli.demo import add_demo_arguments, run_demo
 from emcot.cli.eval import add_eval_arguments, run_eval
@@ -73,6 +74,12 @@ _COMMANDS = (
         run_collect,
     ),
     _Command("eval", "closed-loop evaluation of a policy in a simulator", add_eval_arguments, run_eval),
+    _Command(
+        "compare",
+        "tabulate several `emcot eval` result folders side by side",
+        add_compare_arguments,
+        run_compare,
+    ),
 )
 
 

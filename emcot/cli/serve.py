@@ -48,7 +48,9 @@ def replan_rules(text: str) -> tuple[ReplanRule, ...]:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``serve`` options to ``parser``."""
-    parser.add_argument("policy", help="policy folder, or 'default' for the bundled tiny policy")
+    parser.add_argument(
+        "policy", help="policy folder, or a bundled policy: 'default' (Meta-World), 'synthetic'"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free port (printed)")
     parser.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from emcot.config import EmCoTConfig
 from emcot.io_utils import load_safetensors_folder, read_json
@@ -110,11 +111,16 @@ def load_model(
     else:
         model = EmCoTModel(config)
     check_state_dict(model, state)
-    if low_memory:
-        # Fresh, allocator-aligned copies one tensor at a time: tensors viewed straight out of the
-        # file buffer can take other SIMD paths and change results in the last bit.
-        for key in list(state):
-            state[key] = state[key].clone()
+    # Weights stored compactly (store_weights_as) compute in the config's dtype.
+    compute = resolve_dtype(str(config.dtype).removeprefix("torch.")) if config.dtype else None
+    for key in list(state):
+        value = state[key]
+        if compute is not None and value.is_floating_point() and value.dtype != compute:
+            state[key] = value.to(compute)
+        elif low_memory:
+            # Fresh, allocator-aligned copies one tensor at a time: tensors viewed straight out of
+            # the file buffer can take other SIMD paths and change results in the last bit.
+            state[key] = value.clone()
     model.load_state_dict(state, strict=False, assign=low_memory)
     if config.tie_word_embeddings:
         model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
@@ -178,3 +184,18 @@ def load_pretrained(
         low_memory=low_cpu_mem_usage,
         config=config,
     )
+
+
+def store_weights_as(folder: str | Path, dtype: torch.dtype | None, prefix: str = "model") -> None:
+    """Rewrite a saved model's safetensors with floating tensors in ``dtype`` (integers untouched);
+    :func:`load_model` casts them back to the config's dtype."""
+    if dtype is None:
+        return
+    folder = Path(folder)
+    single = folder / f"{prefix}.safetensors"
+    files = [single] if single.is_file() else sorted(folder.glob(f"{prefix}-*-of-*.safetensors"))
+    if not files:
+        raise ValueError(f"no {prefix} safetensors in {folder} to store as {dtype}")
+    for file in files:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
+        save_file(tensors, str(file), metadata={"format": "pt"})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from emcot.model.attention import BACKENDS
+from emcot.model.backbone import PreparedQuery
 from emcot.model.embedding import embed_plan, encode_images, require_latent_codec, require_subgoal
 from emcot.model.flow import interpolate, sample_time, velocity_target
 from emcot.model.inputs import FlowInput, LossOutput, SampleBatch, SegmentInputs
@@ -71,20 +75,32 @@ def _flow_loss(
     )
 
 
-def compute_loss(
-    model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None = None
-) -> LossOutput:
-    """Teacher-forced forward of a packed batch and its weighted loss terms."""
+@dataclass
+class _Prepared:
+    """One batch ready for the backbone: its embeddings, key drops and flow targets."""
+
+    batch: SampleBatch
+    embeds: torch.Tensor
+    key_drop: torch.Tensor | None
+    targets: list[torch.Tensor | None]
+
+
+def _prepare(model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None) -> _Prepared:
     batch = batch.to(model.device)
-    plan = batch.plan
     flows, targets = _flow_inputs(model, batch, generator)
     inputs = SegmentInputs(
         batch.text_ids, encode_images(model, batch.vit_patches, batch.vit_grids), batch.states, flows
     )
-    embeds = embed_plan(model, plan, inputs)
+    embeds = embed_plan(model, batch.plan, inputs)
     key_drop = batch.key_drop if batch.key_drop is not None and bool(batch.key_drop.any()) else None
-    hidden = model.run_plan(embeds, plan, key_drop=key_drop)[0]
+    return _Prepared(batch, embeds, key_drop, targets)
 
+
+def _loss_sums(
+    model: EmCoTModel, prepared: _Prepared, hidden: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Summed loss terms and element counts of one batch from its final hidden states ``[L, H]``."""
+    batch, plan = prepared.batch, prepared.batch.plan
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     if batch.text_loss_positions.numel():
@@ -94,7 +110,7 @@ def compute_loss(
     for seg, start in zip(plan.segments, plan.offsets(), strict=True):
         if seg.modality not in (Modality.LATENT, Modality.ACTION):
             continue
-        target = targets[flow_i]
+        target = prepared.targets[flow_i]
         flow_i += 1
         pad = None
         if seg.modality is Modality.ACTION:
@@ -106,10 +122,66 @@ def compute_loss(
         key = "subgoal" if seg.modality is Modality.LATENT else "action"
         sums[key] = sums.get(key, 0) + s
         counts[key] = counts.get(key, 0) + n
+    return sums, counts
+
+
+def _weighted(model: EmCoTModel, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> LossOutput:
     weights = model.config.loss.weights
     terms = {k: sums[k] / max(counts[k], 1) for k in sums}
     total = sum(weights[k] * terms[k] for k in terms)
     return LossOutput(loss=total, terms=terms, sums=sums, counts=counts)
+
+
+def compute_loss(
+    model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None = None
+) -> LossOutput:
+    """Teacher-forced forward of a packed batch and its weighted loss terms."""
+    prepared = _prepare(model, batch, generator)
+    hidden = model.run_plan(prepared.embeds, batch.plan, key_drop=prepared.key_drop)[0]
+    return _weighted(model, *_loss_sums(model, prepared, hidden))
+
+
+def compute_padded_loss(
+    model: EmCoTModel, batches: Sequence[SampleBatch], generator: torch.Generator | None = None
+) -> LossOutput:
+    """The loss of several batches run as one ``[B, L]`` padded batch (one row per batch).
+
+    Each row keeps its own plan's mask, positions and experts; padding tokens attend only to
+    themselves and no row sees another. The terms equal :func:`compute_loss` of the rows packed
+    into one sequence. This is the layout padded-batch trainers use; packing (one row, no padding)
+    is what emcot trains with, and ``bench/train_throughput.py`` measures both.
+    """
+    if not batches:
+        raise ValueError("compute_padded_loss needs at least one batch")
+    backend = model.attention_backend
+    if not BACKENDS[backend].per_row_masks:
+        raise ValueError(
+            f"padded batches need per-row masks, which the {backend.value} backend lacks; use sdpa or eager"
+        )
+    rows = [_prepare(model, batch, generator) for batch in batches]
+    lengths = [row.embeds.shape[1] for row in rows]
+    width, device = max(lengths), model.device
+    embeds = torch.zeros(
+        len(rows), width, rows[0].embeds.shape[-1], dtype=rows[0].embeds.dtype, device=device
+    )
+    experts = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    positions = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.eye(width, dtype=torch.bool, device=device).repeat(len(rows), 1, 1)
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        query = model.prepare_query(row.batch.plan, key_drop=row.key_drop, device=device)
+        embeds[i, :n] = row.embeds[0]
+        experts[i, :n], positions[i, :n] = query.experts, query.positions
+        mask[i, :n, :n] = query.mask
+    padded = PreparedQuery(query_start=0, experts=experts, positions=positions, mask=mask)
+    hidden = model.run_prepared(embeds, padded)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        row_sums, row_counts = _loss_sums(model, row, hidden[i, :n])
+        for key in row_sums:
+            sums[key] = sums.get(key, 0) + row_sums[key]
+            counts[key] = counts.get(key, 0) + row_counts[key]
+    return _weighted(model, sums, counts)
 
 
 def loss_counts(config: EmCoTConfig, batch: SampleBatch) -> dict[str, int]:

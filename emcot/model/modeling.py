@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from transformers.utils import ModelOutput
 from emcot.config import AttentionBackend, EmCoTConfig
 from emcot.experts.action import ActionIO
 from emcot.experts.block import RMSNorm
+from emcot.experts.embeddings import is_zero_init, zero_init
 from emcot.experts.generation import SubgoalIO
 from emcot.experts.understanding import UnderstandingIO
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
@@ -22,7 +23,7 @@ from emcot.model.attention import BACKENDS, KVCache, make_mask
 from emcot.model.backbone import MoTBackbone, PreparedQuery
 from emcot.model.embedding import embed_plan, encode_images
 from emcot.model.inputs import LossOutput, SampleBatch, SegmentInputs
-from emcot.model.losses import compute_loss, loss_counts
+from emcot.model.losses import compute_loss, compute_padded_loss, loss_counts
 from emcot.sequence.plan import AttnMode, Modality, Segment, SequencePlan
 
 
@@ -79,20 +80,19 @@ class EmCoTModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # The VAE and the ViT keep their own (library) initialisation; only our layers are reset.
+        # transformers may visit a parent before its children, so the flow out-projections carry
+        # their zero start on themselves (experts.embeddings.zero_init) rather than on their parent.
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            if is_zero_init(module):
+                zero_init(module)
+            else:
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
-        elif isinstance(module, SubgoalIO):
-            nn.init.zeros_(module.latent_out.weight)
-            nn.init.zeros_(module.latent_out.bias)
-        elif isinstance(module, ActionIO):
-            nn.init.zeros_(module.action_out.weight)
-            nn.init.zeros_(module.action_out.bias)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.understanding.embed_tokens
@@ -146,6 +146,12 @@ class EmCoTModel(PreTrainedModel):
         """Teacher-forced losses of a packed batch: cross-entropy, subgoal MSE and action L1, weighted
         by ``config.loss``; flow noise and times are drawn from ``generator``."""
         return compute_loss(self, batch, generator)
+
+    def compute_padded_loss(
+        self, batches: Sequence[SampleBatch], generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """The same losses for several batches run as one ``[B, L]`` padded batch, a row each."""
+        return compute_padded_loss(self, batches, generator)
 
     def loss_counts(self, batch: SampleBatch) -> dict[str, int]:
         """The element counts :meth:`compute_loss` normalises each term by, known before the forward."""

@@ -22,20 +22,29 @@ from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import dataclass_from_dict, read_json
 from emcot.model.embedding import require_latent_codec
+from emcot.model.loading import resolve_dtype, store_weights_as
 from emcot.model.modeling import EmCoTModel
+from emcot.policy.card import PolicyCard
 from emcot.policy.folder import check_save_target, replace_folder
 from emcot.policy.processor import EmCoTProcessor
 from emcot.sequence.layouts import TraceMode
 from emcot.types import Observation
 
 GENERATION_FILE = "generation_config.json"
-DEFAULT_POLICY = Path(__file__).parents[1] / "assets" / "default_policy"
+_ASSETS = Path(__file__).parents[1] / "assets"
+DEFAULT_POLICY = _ASSETS / "default_policy"
+SYNTHETIC_POLICY = _ASSETS / "synthetic_policy"
+# The policies that ship inside the package, by the name every ``--policy`` option accepts.
+BUNDLED_POLICIES: dict[str, tuple[Path, str]] = {
+    "default": (DEFAULT_POLICY, "python scripts/export_default_policy.py"),
+    "synthetic": (SYNTHETIC_POLICY, "python scripts/make_synthetic_policy.py"),
+}
 
 
 class EmCoTPolicy:
     """Reason → imagine a subgoal → act, from camera images, a robot state and an instruction.
 
-    >>> policy = EmCoTPolicy.default()
+    >>> policy = EmCoTPolicy.synthetic()
     >>> trace = policy.generate_trace(policy.example_observation(), "push the red block to the left", seed=0)
     >>> trace.actions.shape
     (8, 4)
@@ -47,6 +56,10 @@ class EmCoTPolicy:
         self.model = model.eval()
         self.processor = processor
         self.generation = generation or GenerationOptions()
+        # What the policy was trained on and how to evaluate it (policy_card.json), with its shipped
+        # example observation; set by from_pretrained or by an exporter, written by save_pretrained.
+        self.card: PolicyCard | None = None
+        self.card_example: np.ndarray | None = None
         self._stages = TraceStages(model, processor)
         self._frames = FramePredictor(model, processor)
 
@@ -153,6 +166,14 @@ class EmCoTPolicy:
             vae_context=vae_context,
         )
 
+    def example(self) -> tuple[Observation, str] | None:
+        """The real observation and instruction shipped in the policy's card, or None."""
+        card = self.card
+        if card is None or card.example is None or self.card_example is None:
+            return None
+        state = None if card.example.state is None else np.asarray(card.example.state, np.float32)
+        return Observation(images={self.cameras[0]: self.card_example}, state=state), card.example.instruction
+
     def example_observation(self, seed: int = 0) -> Observation:
         """A valid observation for this policy: every camera at a typical size, a state of the right size."""
         rng = np.random.default_rng(seed)
@@ -165,8 +186,17 @@ class EmCoTPolicy:
             state = stats.mean.astype(np.float32) if stats is not None else np.zeros(state_dim, np.float32)
         return Observation(images=images, state=state)
 
-    def save_pretrained(self, folder: str | os.PathLike, max_shard_size: str | int = "2GB") -> Path:
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        max_shard_size: str | int = "2GB",
+        *,
+        storage_dtype: torch.dtype | str | None = None,
+    ) -> Path:
         """Write the whole policy into one folder, atomically.
+
+        ``storage_dtype`` (e.g. ``"float16"``) stores floating weights compactly; loading upcasts
+        them to the config's dtype, so the policy computes as before up to the storage rounding.
 
         The policy is written into a temporary sibling folder first. An existing *policy* folder
         at ``folder`` is then swapped out (moved aside, the new one renamed in, the old one
@@ -181,6 +211,10 @@ class EmCoTPolicy:
             self.processor.save_pretrained(tmp)
             data = dataclasses.asdict(self.generation)
             (tmp / GENERATION_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            if self.card is not None:
+                self.card.save(tmp, self.card_example)
+            if storage_dtype is not None:
+                store_weights_as(tmp, resolve_dtype(storage_dtype))
             replace_folder(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -210,20 +244,46 @@ class EmCoTPolicy:
             processor.norm_stats.for_robot(robot)
             processor.settings.robot = robot
         generation = GenerationOptions()
+        card = PolicyCard.load(folder)
         if (folder / GENERATION_FILE).is_file():
             generation = dataclass_from_dict(
                 GenerationOptions,
                 read_json(folder / GENERATION_FILE, "generation defaults"),
                 where=f" in {folder / GENERATION_FILE}",
             )
-        return cls(model, processor, generation)
+        policy = cls(model, processor, generation)
+        if card is not None:
+            policy.card = card
+            if card.example is not None:
+                policy.card_example = card.example_image(folder)
+        return policy
+
+    @classmethod
+    def bundled(cls, name: str) -> EmCoTPolicy:
+        """A policy that ships with the package: ``default`` or ``synthetic``."""
+        if name not in BUNDLED_POLICIES:
+            raise ValueError(f"no bundled policy named {name!r}; bundled: {', '.join(BUNDLED_POLICIES)}")
+        folder, recipe = BUNDLED_POLICIES[name]
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"the bundled {name} policy is missing from {folder}; recreate it with `{recipe}`"
+            )
+        return cls.from_pretrained(folder)
+
+    @classmethod
+    def load(cls, name_or_folder: str | os.PathLike) -> EmCoTPolicy:
+        """A bundled policy by name (``default``, ``synthetic``) or a policy folder."""
+        if isinstance(name_or_folder, str) and name_or_folder in BUNDLED_POLICIES:
+            return cls.bundled(name_or_folder)
+        return cls.from_pretrained(name_or_folder)
 
     @classmethod
     def default(cls) -> EmCoTPolicy:
-        """The bundled tiny policy (trained on the package's synthetic pushing task)."""
-        if not (DEFAULT_POLICY / "config.json").is_file():
-            raise ValueError(
-                f"the bundled default policy is missing from {DEFAULT_POLICY}; "
-                "recreate it with `python scripts/make_default_policy.py`"
-            )
-        return cls.from_pretrained(DEFAULT_POLICY)
+        """The bundled ``small`` policy trained on Meta-World (``benchmark.json`` in its folder names
+        its tasks and evaluation protocol)."""
+        return cls.bundled("default")
+
+    @classmethod
+    def synthetic(cls) -> EmCoTPolicy:
+        """The bundled tiny policy of the package's synthetic pushing task (fast, for tests and examples)."""
+        return cls.bundled("synthetic")

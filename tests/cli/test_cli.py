@@ -12,7 +12,7 @@ from emcot.cli.main import main
 
 
 def test_demo_writes_a_full_trace(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--policy", "synthetic", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "reasoning" in out and "timings" in out
     trace = json.loads((tmp_path / "demo" / "trace.json").read_text())
@@ -29,7 +29,7 @@ def test_info_on_preset_and_folder(tmp_path, capsys):
     assert "4.6" in total and "B" in total
     from emcot.policy.policy import EmCoTPolicy
 
-    EmCoTPolicy.default().save_pretrained(tmp_path / "p")
+    EmCoTPolicy.synthetic().save_pretrained(tmp_path / "p")
     assert main(["info", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert "synthetic.action: dim 4" in out and "float32" in out
@@ -44,6 +44,8 @@ def test_generate_from_image_files(tmp_path, capsys):
     code = main(
         [
             "generate",
+            "--policy",
+            "synthetic",
             "--image",
             f"head={tmp_path / 'head.png'}",
             "--state",
@@ -63,7 +65,7 @@ def test_generate_from_image_files(tmp_path, capsys):
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
-    assert main(["generate", "--image", f"wrist={img}", "--instruction", "go"]) == 1
+    assert main(["generate", "--policy", "synthetic", "--image", f"wrist={img}", "--instruction", "go"]) == 1
     assert "unknown ['wrist']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["info"])
@@ -72,7 +74,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_default_policy_runs_on_its_example_observation():
     from emcot.policy.policy import EmCoTPolicy
 
-    policy = EmCoTPolicy.default()
+    policy = EmCoTPolicy.synthetic()
     obs = policy.example_observation()
     assert set(obs.images) == set(policy.cameras) and obs.state.shape == (4,)
     a = policy.generate_trace(obs, "push the red block to the left", seed=1)

@@ -37,10 +37,10 @@ def without_timings(results: dict) -> dict:
     for section in ("tasks", "splits"):
         for row in data[section].values():
             for cell in row.values():
-                cell.pop("step_ms")
+                cell.pop("step_ms"), cell.pop("control_hz")
     for section in ("bucket_mean", "episode_mean"):
         for cell in data[section].values():
-            cell.pop("step_ms")
+            cell.pop("step_ms"), cell.pop("control_hz")
     return data
 
 
@@ -94,7 +94,7 @@ def test_the_expert_action_checks_its_input():
 
 def test_the_bundled_policy_runs_a_closed_loop_through_a_camera_map(tmp_path):
     spec = AgentSpec(
-        policy="default", modes=("full", "reactive"), camera_map=(("corner2", "head"),), replan="every_k=2"
+        policy="synthetic", modes=("full", "reactive"), camera_map=(("corner2", "head"),), replan="every_k=2"
     )
     config = EvalConfig(
         tasks=("reach-v3",), agent=spec, episodes=1, max_steps=20, resolution=64, frame_every=5
@@ -114,6 +114,32 @@ def test_the_bundled_policy_runs_a_closed_loop_through_a_camera_map(tmp_path):
             EvalConfig(tasks=("reach-v3",), agent=AgentSpec(), episodes=1), tmp_path / "x", progress=False
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_an_asynchronous_session_thinks_while_acting_and_is_closed(tmp_path, monkeypatch):
+    from emcot.runtime.session import PolicySession
+
+    closed = []
+    original = PolicySession.close
+    monkeypatch.setattr(
+        PolicySession, "close", lambda self: (closed.append(self.async_replan), original(self))
+    )
+    spec = AgentSpec(
+        policy="synthetic",
+        modes=("full",),
+        camera_map=(("corner2", "head"),),
+        replan="every_k=1",
+        async_replan=True,
+    )
+    config = EvalConfig(tasks=("reach-v3",), agent=spec, episodes=1, max_steps=40, resolution=64)
+    outcome = evaluate(config, tmp_path, progress=False)
+    assert closed == [True]
+    record = EpisodeRecord.load(episode_folder(tmp_path, "reach-v3", "full", 0))
+    steps = record.policy_steps
+    assert steps[0].reason == "no_plan" and steps[0].replanned  # nothing to act on: plans in place
+    # Later rules only start the thinking: the step that acts on the finished plan reports it.
+    assert all(step.reason in ("every_k", None) for step in steps[1:])
+    assert outcome.protocol["async_replan"] is True and outcome.metrics.episode_mean["full"].control_hz > 0
 
 
 def test_a_stopped_evaluation_resumes_to_the_same_results(tmp_path):

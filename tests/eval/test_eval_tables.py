@@ -100,6 +100,8 @@ def test_aggregate_pools_think_ratio_and_latency_over_policy_steps():
     assert cell.think_ratio == pytest.approx(10 / 40)
     assert cell.step_ms == pytest.approx(1000.0 * 2.0 / 40)
     assert cell.mean_steps == 270 and cell.success_rate == 0.5 and cell.episodes == 2
+    assert cell.control_hz == pytest.approx(540 / 2.0)  # env steps per second of policy latency
+    assert aggregate([summary("reach-v3", True, policy_steps=0, step_s=0.0)]).control_hz == 0.0
     with pytest.raises(ValueError):
         aggregate([])
 
@@ -210,7 +212,7 @@ def test_adapter_resizes_and_picks_the_state():
 def test_the_bundled_policy_is_refused_without_a_camera_map():
     from emcot.policy.policy import EmCoTPolicy
 
-    policy = EmCoTPolicy.default()
+    policy = EmCoTPolicy.synthetic()
     env = {"env_cameras": ("corner2", "gripperPOV"), "resolution": 64, "state_dim": 4, "action_dim": 4}
     with pytest.raises(ValueError, match="reads cameras \\['head'\\]"):
         adapter_for_policy(policy, **env)

@@ -29,7 +29,7 @@ GUIDED = {"action_text_guidance": 2.0, "action_image_guidance": 1.5}
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ PROMPT = "Imagine the next scene: push the red block to the left."
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from emcot.synthetic.world import synthetic_samples
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="module")

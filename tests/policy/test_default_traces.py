@@ -17,7 +17,7 @@ RECORDED = json.loads((Path(__file__).parent / "data" / "default_traces.json").r
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.mark.parametrize(

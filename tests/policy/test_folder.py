@@ -11,7 +11,7 @@ from emcot import EmCoTPolicy
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 def test_saving_into_the_working_directory_or_its_parent_is_refused(policy, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 STATE = "--state 0,0,0,0"
-FRAME = "predict-frame --image {png} --prompt go --out {scratch}/next.png --steps 1"
+FRAME = "predict-frame --policy synthetic --image {png} --prompt go --out {scratch}/next.png --steps 1"
 
 
 @dataclass(frozen=True)
@@ -75,61 +75,61 @@ CASES = [
     # Image files: the library never sees a path that is not a decodable image.
     CliCase(
         "image-is-text",
-        f"generate --image head={{text}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{text}} --instruction go {STATE}",
         1,
         r"^emcot generate: error: '.*text\.png' is not a readable image \(unknown image format\)$",
     ),
     CliCase(
         "image-is-truncated",
-        f"generate --image head={{truncated}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{truncated}} --instruction go {STATE}",
         1,
         r"'.*truncated\.png' is not a readable image \(image file is truncated",
     ),
     CliCase(
         "image-is-empty",
-        f"generate --image head={{empty}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{empty}} --instruction go {STATE}",
         1,
         r"'.*empty\.png' is not a readable image",
     ),
     CliCase(
         "image-is-folder",
-        f"generate --image head={{folder}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{folder}} --instruction go {STATE}",
         1,
         r"'.*folder' is a folder, not an image file",
     ),
     CliCase(
         "image-missing",
-        f"generate --image head={{missing}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{missing}} --instruction go {STATE}",
         1,
         r"no image file at '.*missing'",
     ),
     CliCase(
         "image-without-camera",
-        f"generate --image {{png}} --instruction go {STATE}",
+        f"generate --policy synthetic --image {{png}} --instruction go {STATE}",
         2,
         r"argument --image: expected CAMERA=PATH",
     ),
     CliCase(
         "camera-given-twice",
-        f"generate --image head={{png}} --image head={{png}} --instruction go {STATE}",
+        f"generate --policy synthetic --image head={{png}} --image head={{png}} --instruction go {STATE}",
         1,
         r"camera 'head' is given twice",
     ),
     CliCase(
         "camera-unknown",
-        f"generate --image wrist={{png}} --instruction go {STATE}",
+        f"generate --policy synthetic --image wrist={{png}} --instruction go {STATE}",
         1,
         r"unknown \['wrist'\]",
     ),
     CliCase(
         "frame-is-text",
-        "predict-frame --image {text} --prompt go --out {scratch}/f.png",
+        "predict-frame --policy synthetic --image {text} --prompt go --out {scratch}/f.png",
         1,
         r"^emcot predict-frame: error: '.*text\.png' is not a readable image",
     ),
     CliCase(
         "frame-is-truncated",
-        "predict-frame --image {truncated} --prompt go --out {scratch}/f.png",
+        "predict-frame --policy synthetic --image {truncated} --prompt go --out {scratch}/f.png",
         1,
         r"is not a readable image \(image file is truncated",
     ),
@@ -145,70 +145,70 @@ CASES = [
     CliCase("guidance-negative", f"{FRAME} --image-guidance -3", 1, r"image_guidance"),
     CliCase(
         "steps-zero",
-        "predict-frame --image {png} --prompt go --out {scratch}/f.png --steps 0",
+        "predict-frame --policy synthetic --image {png} --prompt go --out {scratch}/f.png --steps 0",
         2,
         r"argument --steps: expected a whole number ≥ 1, got '0'",
     ),
     CliCase(
         "steps-fraction",
-        "predict-frame --image {png} --prompt go --out {scratch}/f.png --steps 1.5",
+        "predict-frame --policy synthetic --image {png} --prompt go --out {scratch}/f.png --steps 1.5",
         2,
         r"argument --steps: expected a whole number",
     ),
     CliCase("seed-is-a-word", f"{FRAME} --seed lucky", 2, r"argument --seed: invalid int value"),
     CliCase(
         "state-is-words",
-        "generate --image head={png} --instruction go --state a,b",
+        "generate --policy synthetic --image head={png} --instruction go --state a,b",
         2,
         r"argument --state: expected comma-separated finite numbers, got 'a,b'",
     ),
     CliCase(
         "state-nan",
-        "generate --image head={png} --instruction go --state nan,0,0,0",
+        "generate --policy synthetic --image head={png} --instruction go --state nan,0,0,0",
         2,
         r"argument --state: expected comma-separated finite numbers",
     ),
     CliCase(
         "state-wrong-size",
-        "generate --image head={png} --instruction go --state 1,2",
+        "generate --policy synthetic --image head={png} --instruction go --state 1,2",
         1,
         r"state must have shape \(4,\)",
     ),
     CliCase(
-        "state-missing", "generate --image head={png} --instruction go", 1, r"needs a state vector of size 4"
+        "state-missing", "generate --policy synthetic --image head={png} --instruction go", 1, r"needs a state vector of size 4"
     ),
-    CliCase("instruction-empty", f"generate --image head={{png}} --instruction '' {STATE}", 1, r"non-empty"),
+    CliCase("instruction-empty", f"generate --policy synthetic --image head={{png}} --instruction '' {STATE}", 1, r"non-empty"),
     CliCase(
-        "prompt-blank", "predict-frame --image {png} --prompt ' ' --out {scratch}/f.png", 1, r"non-empty"
+        "prompt-blank", "predict-frame --policy synthetic --image {png} --prompt ' ' --out {scratch}/f.png", 1, r"non-empty"
     ),
     # Outputs: a file where a folder belongs (or the reverse) is refused before any work.
     CliCase(
         "demo-out-is-file",
-        "demo --out {notes}",
+        "demo --policy synthetic --out {notes}",
         2,
         r"^emcot demo: error: argument --out: '.*notes\.txt' is a file",
     ),
     CliCase(
         "generate-out-below-file",
-        f"generate --image head={{png}} --instruction go {STATE} --out {{notes}}/t",
+        f"generate --policy synthetic --image head={{png}} --instruction go {STATE} --out {{notes}}/t",
         2,
         r"'.*notes\.txt' is a file, so .* cannot be created",
     ),
     CliCase(
         "frame-out-is-folder",
-        "predict-frame --image {png} --prompt go --out {folder}",
+        "predict-frame --policy synthetic --image {png} --prompt go --out {folder}",
         2,
         r"argument --out: '.*folder' is a folder; give a file path",
     ),
     CliCase(
         "frame-out-no-image-extension",
-        "predict-frame --image {png} --prompt go --out {scratch}/f.txt",
+        "predict-frame --policy synthetic --image {png} --prompt go --out {scratch}/f.txt",
         2,
         r"needs an image extension",
     ),
     CliCase(
         "frame-out-below-file",
-        "predict-frame --image {png} --prompt go --out {notes}/f.png",
+        "predict-frame --policy synthetic --image {png} --prompt go --out {notes}/f.png",
         2,
         r"is a file, so",
     ),

@@ -31,7 +31,7 @@ INSTRUCTION = "push the red block to the left"
 @functools.cache
 def shared_policy() -> EmCoTPolicy:
     """One loaded policy for the cases that do not change it."""
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 def policy_folder(scratch: Path) -> Path:

@@ -38,7 +38,7 @@ def test_bad_command_line_ends_in_one_line(case, inputs, capsys):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_adds_the_traceback(where, inputs, capsys):
-    argv = ["generate", "--image", f"head={inputs['text']}", "--instruction", "go"]
+    argv = ["generate", "--policy", "synthetic", "--image", f"head={inputs['text']}", "--instruction", "go"]
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
     code, err = run_cli(argv, capsys)
     assert code == 1
@@ -56,7 +56,7 @@ def _raise(err: BaseException):
 def test_a_bug_names_its_type_and_points_to_debug(monkeypatch, tmp_path, capsys):
     from emcot.policy.policy import EmCoTPolicy
 
-    monkeypatch.setattr(EmCoTPolicy, "default", _raise(RuntimeError("boom\nsecond line")))
+    monkeypatch.setattr(EmCoTPolicy, "load", _raise(RuntimeError("boom\nsecond line")))
     code, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
     assert code == 1
     assert err == "emcot demo: error: RuntimeError: boom second line (run with --debug for the traceback)\n"
@@ -87,7 +87,7 @@ def _yaml_error(text: str) -> yaml.YAMLError:
 def test_user_errors_read_as_their_message(err, code, line, monkeypatch, tmp_path, capsys):
     from emcot.policy.policy import EmCoTPolicy
 
-    monkeypatch.setattr(EmCoTPolicy, "default", _raise(err))
+    monkeypatch.setattr(EmCoTPolicy, "load", _raise(err))
     assert run_cli(["demo", "--out", str(tmp_path)], capsys) == (code, f"emcot demo: error: {line}\n")
 
 
@@ -96,6 +96,6 @@ def test_predict_frame_writes_no_partial_file(monkeypatch, inputs, tmp_path, cap
 
     monkeypatch.setattr(Image.Image, "save", _raise(KeyboardInterrupt()))
     out = tmp_path / "next.png"
-    argv = ["predict-frame", "--image", inputs["png"], "--prompt", "go", "--out", str(out), "--steps", "1"]
+    argv = ["predict-frame", "--policy", "synthetic", "--image", inputs["png"], "--prompt", "go", "--out", str(out), "--steps", "1"]
     assert run_cli(argv, capsys)[0] == 130
     assert list(tmp_path.iterdir()) == []

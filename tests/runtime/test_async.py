@@ -31,7 +31,7 @@ class GatedPolicy(EmCoTPolicy):
 
 @pytest.fixture(scope="module")
 def base():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from emcot.synthetic.world import push_frames, synthetic_samples
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 def test_parse_rules_builds_the_typed_rules():

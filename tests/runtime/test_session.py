@@ -20,7 +20,7 @@ INSTRUCTION = "push the red block to the left"
 
 @pytest.fixture(scope="module")
 def policy():
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def policy() -> EmCoTPolicy:
-    return EmCoTPolicy.default()
+    return EmCoTPolicy.synthetic()
 
 
 @pytest.fixture(scope="session")

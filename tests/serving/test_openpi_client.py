@@ -53,7 +53,7 @@ def launch(folder: Path, *args: str, env: dict | None = None) -> tuple[subproces
     """Start ``emcot serve default --port 0 ...`` in a subprocess (without waiting for it)."""
     stderr = folder / "stderr.txt"
     process = subprocess.Popen(
-        [sys.executable, "-m", "emcot.cli.main", "serve", "default", "--port", "0", *args],
+        [sys.executable, "-m", "emcot.cli.main", "serve", "synthetic", "--port", "0", *args],
         cwd=folder,  # not the repository root, whose folders would shadow the installed package
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},  # 2 cores: the test process has the other
         stdout=subprocess.PIPE,

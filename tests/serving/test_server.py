@@ -302,7 +302,7 @@ def test_serve_command_refuses_bad_options_in_one_line(args, code, message, caps
     from emcot.cli.main import main
 
     try:
-        result = main(["serve", "default", *args])
+        result = main(["serve", "synthetic", *args])
     except SystemExit as exit_:  # usage errors leave through argparse
         result = exit_.code
     err = capsys.readouterr().err.strip()

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 import yaml
 
 from emcot.cli.train import add_train_arguments, run_train
@@ -90,6 +91,14 @@ def test_cli_runs_stage1_then_stage2_from_its_output(tmp_path, capsys):
     policy = EmCoTPolicy.from_pretrained(tmp_path / "s2" / "final-ema")
     assert policy.config.loss.text_weight == 1.0
     assert (tmp_path / "s2" / "initial" / "config.json").is_file()
+    # --init on a run folder starts from its averaged weights, the ones its evaluation uses.
+    from safetensors.torch import load_file
+
+    ema = load_file(tmp_path / "s1" / "final-ema" / "model.safetensors")
+    raw = load_file(tmp_path / "s1" / "final" / "model.safetensors")
+    started = load_file(tmp_path / "s2" / "initial" / "model.safetensors")
+    key = next(k for k in ema if not torch.equal(ema[k], raw[k]))
+    assert torch.equal(started[key], ema[key])
 
 
 def test_lora_finetuning_saves_a_plain_policy(tmp_path):

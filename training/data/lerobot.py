@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from emcot.io_utils import AT_LEAST_ONE, check_value
+from emcot.training.data.frame_cache import frame_cache
 from emcot.training.data.lerobot_meta import (
     IMAGE_PREFIX,
     EpisodeRecord,
@@ -161,8 +162,8 @@ class LeRobotDataset:
         self.video_tolerance_s = video_tolerance_s if video_tolerance_s is not None else 0.5 / self.info.fps
         self._stats: dict | None = None
         self._cached_file: tuple[str, pyarrow.Table] | None = None
-        # The last episodes read, with their decoded images: samples of one episode are read
-        # together, and decoding an episode's video costs 45–75 ms at 128 px.
+        # The last episodes read (parquet rows); their decoded images live in the process-wide
+        # frame cache (training.data.frame_cache), which packing's random access needs.
         self.cached_episodes = check_value("cached_episodes", cached_episodes, int, AT_LEAST_ONE)
         self._episodes: OrderedDict[int, LeRobotEpisode] = OrderedDict()
 
@@ -280,6 +281,18 @@ class LeRobotDataset:
         return self.tasks[int(task_indices[0])]
 
     def _load_images(self, episode: LeRobotEpisode, key: str) -> np.ndarray:
+        # Keyed by file identity too, so a dataset rewritten in place is decoded afresh.
+        data_file = self.root / episode._record.data_file
+        if self.info.features[key].dtype == "image":
+            source = data_file
+        else:
+            source = self.root / episode._record.videos[key].path
+        stat = source.stat() if source.is_file() else None
+        identity = (str(source.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+        cache_key = (*identity, episode.episode_index, key, self.video_tolerance_s)
+        return frame_cache().get(cache_key, lambda: self._decode_images(episode, key))
+
+    def _decode_images(self, episode: LeRobotEpisode, key: str) -> np.ndarray:
         if self.info.features[key].dtype == "image":
             return self._parquet_images(episode, key)
         span = episode._record.videos[key]

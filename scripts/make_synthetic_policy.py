@@ -1,9 +1,9 @@
-"""Train and save the bundled tiny default policy (``EmCoTPolicy.default()``).
+"""Train and save the bundled tiny synthetic policy (``EmCoTPolicy.synthetic()``).
 
 It learns the package's synthetic pushing task: first the tiny VAE as an autoencoder, then the
 whole policy on packed batches. Run from the repository root::
 
-    python scripts/make_default_policy.py            # writes emcot/assets/default_policy
+    python scripts/make_synthetic_policy.py          # writes emcot/assets/synthetic_policy
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 from emcot.training.quick_fit import fit_latent_codec, fit_policy
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emcot" / "assets" / "default_policy"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "emcot" / "assets" / "synthetic_policy"
 
 
 def main() -> None:
