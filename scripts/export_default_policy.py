@@ -33,12 +33,22 @@ def task_names(dataset: LeRobotDataset) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("policy", type=Path, help="trained policy folder (e.g. runs/mw-stage2-small/final-ema)")
-    parser.add_argument("--dataset", type=Path, required=True, help="the training demos (task list, protocol)")
-    parser.add_argument("--example-data", type=Path, required=True, help="held-out demos to take the example from")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "policy", type=Path, help="trained policy folder (e.g. runs/mw-stage2-small/final-ema)"
+    )
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="the training demos (task list, protocol)"
+    )
+    parser.add_argument(
+        "--example-data", type=Path, required=True, help="held-out demos to take the example from"
+    )
     parser.add_argument("--example-task", default="pick-place-v3")
-    parser.add_argument("--training", type=Path, help="JSON with training facts to record (recipes, steps, …)")
+    parser.add_argument(
+        "--training", type=Path, help="JSON with training facts to record (recipes, steps, …)"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_POLICY)
     args = parser.parse_args()
 
@@ -47,7 +57,11 @@ def main() -> None:
     camera = next(iter(dataset.cameras))
     held_out = LeRobotDataset(args.example_data)
     description = TASK_DESCRIPTIONS[args.example_task]
-    episode = next(held_out.episode(i) for i in held_out.episode_indices if held_out.episode(i).instruction == description)
+    episode = next(
+        held_out.episode(i)
+        for i in held_out.episode_indices
+        if held_out.episode(i).instruction == description
+    )
     observation = episode.observation(0, [camera])
     image = observation.images[camera]
     training = json.loads(args.training.read_text()) if args.training else {}

@@ -223,7 +223,9 @@ def _saved_policy(source: str, names: list[str]) -> EmCoTPolicy:
     what the run is evaluated with) when it kept an EMA, else its ``final`` one."""
     path = Path(source)
     if not (path / "config.json").is_file():
-        path = next((path / name for name in ("final-ema", "final") if (path / name / "config.json").is_file()), path)
+        path = next(
+            (path / name for name in ("final-ema", "final") if (path / name / "config.json").is_file()), path
+        )
     if not (path / "config.json").is_file():
         close = difflib.get_close_matches(source, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

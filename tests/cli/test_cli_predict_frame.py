@@ -20,7 +20,18 @@ def test_predict_frame_writes_the_policy_prediction(tmp_path, capsys):
         paths += ["--image", str(tmp_path / f"f{i}.png")]
         Image.fromarray(frame).save(tmp_path / f"f{i}.png")
     out = tmp_path / "pred" / "next.png"
-    base = ["predict-frame", "--policy", "synthetic", *paths, "--prompt", PROMPT, "--seed", "3", "--steps", "4"]
+    base = [
+        "predict-frame",
+        "--policy",
+        "synthetic",
+        *paths,
+        "--prompt",
+        PROMPT,
+        "--seed",
+        "3",
+        "--steps",
+        "4",
+    ]
     assert main([*base, "--out", str(out)]) == 0
     assert "saved to" in capsys.readouterr().out
     written = np.asarray(Image.open(out))
@@ -34,7 +45,20 @@ def test_predict_frame_writes_the_policy_prediction(tmp_path, capsys):
 def test_predict_frame_reports_errors(tmp_path, capsys):
     out = str(tmp_path / "x.png")
     assert (
-        main(["predict-frame", "--policy", "synthetic", "--image", str(tmp_path / "missing.png"), "--prompt", "go", "--out", out]) == 1
+        main(
+            [
+                "predict-frame",
+                "--policy",
+                "synthetic",
+                "--image",
+                str(tmp_path / "missing.png"),
+                "--prompt",
+                "go",
+                "--out",
+                out,
+            ]
+        )
+        == 1
     )
     assert "no image file" in capsys.readouterr().err
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "f.png")
@@ -42,5 +66,7 @@ def test_predict_frame_reports_errors(tmp_path, capsys):
     assert main(["predict-frame", "--policy", "synthetic", *frame, "--prompt", " ", "--out", out]) == 1
     assert "non-empty" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # a usage error: refused before the model loads
-        main(["predict-frame", "--policy", "synthetic", *frame, "--prompt", "go", "--out", out, "--steps", "0"])
+        main(
+            ["predict-frame", "--policy", "synthetic", *frame, "--prompt", "go", "--out", out, "--steps", "0"]
+        )
     assert exit_info.value.code == 2 and "argument --steps" in capsys.readouterr().err

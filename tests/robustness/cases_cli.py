@@ -175,11 +175,22 @@ CASES = [
         r"state must have shape \(4,\)",
     ),
     CliCase(
-        "state-missing", "generate --policy synthetic --image head={png} --instruction go", 1, r"needs a state vector of size 4"
+        "state-missing",
+        "generate --policy synthetic --image head={png} --instruction go",
+        1,
+        r"needs a state vector of size 4",
     ),
-    CliCase("instruction-empty", f"generate --policy synthetic --image head={{png}} --instruction '' {STATE}", 1, r"non-empty"),
     CliCase(
-        "prompt-blank", "predict-frame --policy synthetic --image {png} --prompt ' ' --out {scratch}/f.png", 1, r"non-empty"
+        "instruction-empty",
+        f"generate --policy synthetic --image head={{png}} --instruction '' {STATE}",
+        1,
+        r"non-empty",
+    ),
+    CliCase(
+        "prompt-blank",
+        "predict-frame --policy synthetic --image {png} --prompt ' ' --out {scratch}/f.png",
+        1,
+        r"non-empty",
     ),
     # Outputs: a file where a folder belongs (or the reverse) is refused before any work.
     CliCase(

@@ -96,6 +96,18 @@ def test_predict_frame_writes_no_partial_file(monkeypatch, inputs, tmp_path, cap
 
     monkeypatch.setattr(Image.Image, "save", _raise(KeyboardInterrupt()))
     out = tmp_path / "next.png"
-    argv = ["predict-frame", "--policy", "synthetic", "--image", inputs["png"], "--prompt", "go", "--out", str(out), "--steps", "1"]
+    argv = [
+        "predict-frame",
+        "--policy",
+        "synthetic",
+        "--image",
+        inputs["png"],
+        "--prompt",
+        "go",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+    ]
     assert run_cli(argv, capsys)[0] == 130
     assert list(tmp_path.iterdir()) == []
