@@ -107,10 +107,10 @@ def small() -> dict:
     for 30 % fewer tokens and slower control steps.
     Frames: the 128 px ``corner2`` recording at patch 16 is an 8 × 8 grid, 64 ViT tokens, as 64 px
     at patch 8 — same tokens, same measured speed (1.96 vs 1.92 k tokens/s), but no downscaling.
-    Subgoals: 64 px (``VAEConfig.small``: 4× downsample, patch 2 → 64 latent tokens; tiny when
-    absent). A full EM-CoT trace is ~340 tokens, action-only ~120, VQA ~120, a 2-frame future
-    sample ~350. Actions: 4-d (xyz delta + gripper), 8-step chunks = 0.1 s at Meta-World's 80 Hz;
-    the scripted experts are feedback controllers, so a chunk played open loop stays short.
+    Subgoals: 64 px (``VAEConfig.small``: 4× downsample, patch 2 → 64 latent tokens). A full
+    EM-CoT trace is ~340 tokens, action-only ~120, VQA ~120, a 2-frame future sample ~350.
+    Actions: 4-d (xyz delta + gripper), 8-step chunks = 0.1 s at Meta-World's 80 Hz; the scripted
+    experts are feedback controllers, so a chunk played open loop stays short.
     """
     return small_sized(SmallSize())
 

@@ -1,4 +1,4 @@
-"""The bundled default policy gives bit-identical traces to the ones recorded before the restructure."""
+"""The bundled synthetic policy gives bit-identical traces to the ones recorded before the restructure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from emcot import EmCoTPolicy
 from emcot.synthetic.world import synthetic_samples
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "default_traces.json").read_text())["traces"]
+RECORDED = json.loads((Path(__file__).parent / "data" / "synthetic_traces.json").read_text())["traces"]
 
 
 @pytest.fixture(scope="module")
