@@ -3,12 +3,14 @@
 Every variant is one resumable ``emcot eval`` folder under ``--out`` (rerun the script to continue
 after an interruption); when all exist, ``emcot compare`` puts them side by side in
 ``OUT/table.md``. Variants: the EM-CoT policy in ``full`` mode re-planning every chunk, every
-``--every-k`` chunks, on subgoal reached (``--subgoal-threshold``, capped by plan age) and
-asynchronously; in ``reason`` and ``reactive`` modes (every chunk); the reactive baseline; the
-scripted expert; random actions. Tasks default to the EM-CoT policy's card.
+``--every-k`` chunks, on subgoal reached (``--subgoal-threshold``, capped at k chunks) and
+asynchronously every k chunks; in ``reason`` mode every k chunks; in ``reactive`` mode; the
+reactive baseline (``--reactive``); the scripted expert; random actions. Tasks default to the
+EM-CoT policy's card; ``--episodes`` may differ between variants (run them with ``--only``).
 
     python bench/metaworld_study.py --emcot runs/mw-stage2-small/final-ema \\
-        --reactive runs/mw-reactive-small/final-ema --out runs/mw-study [--only full-every-chunk,reactive-baseline]
+        --reactive runs/mw-reactive-small/final-ema --subgoal-threshold 1.2 --out runs/mw-study \
+        [--only full-every-4,reactive-baseline] [--episodes 10] [--workers 2]
 """
 
 from __future__ import annotations
@@ -34,20 +36,27 @@ class Variant:
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
-    """Every variant of the study, in table order."""
+    """Every variant the given policies and threshold allow, in table order."""
     emcot, k = args.emcot, args.every_k
-    reached = f"subgoal_reached={args.subgoal_threshold},plan_age={k}"
-    return [
+    chosen = [
         Variant("full-every-chunk", AgentSpec(emcot, ("full",), replan="every_k=1")),
         Variant(f"full-every-{k}", AgentSpec(emcot, ("full",), replan=f"plan_age={k}")),
-        Variant("full-subgoal-reached", AgentSpec(emcot, ("full",), replan=reached)),
-        Variant("full-async", AgentSpec(emcot, ("full",), replan="every_k=1", async_replan=True)),
-        Variant("reason-every-chunk", AgentSpec(emcot, ("reason",), replan="every_k=1")),
-        Variant("reactive-mode", AgentSpec(emcot, ("reactive",), replan="every_k=1")),
-        Variant("reactive-baseline", AgentSpec(args.reactive, ("reactive",), replan="every_k=1")),
-        Variant("expert", AgentSpec("expert")),
-        Variant("random", AgentSpec("random")),
     ]
+    if args.subgoal_threshold is not None:
+        reached = f"subgoal_reached={args.subgoal_threshold},plan_age={k}"
+        chosen.append(Variant("full-subgoal-reached", AgentSpec(emcot, ("full",), replan=reached)))
+    chosen += [
+        Variant(
+            f"full-async-every-{k}", AgentSpec(emcot, ("full",), replan=f"plan_age={k}", async_replan=True)
+        ),
+        Variant(f"reason-every-{k}", AgentSpec(emcot, ("reason",), replan=f"plan_age={k}")),
+        Variant("reactive-mode", AgentSpec(emcot, ("reactive",), replan="every_k=1")),
+    ]
+    if args.reactive is not None:
+        chosen.append(
+            Variant("reactive-baseline", AgentSpec(args.reactive, ("reactive",), replan="every_k=1"))
+        )
+    return [*chosen, Variant("expert", AgentSpec("expert")), Variant("random", AgentSpec("random"))]
 
 
 def main() -> None:
@@ -55,13 +64,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--emcot", required=True, help="the EM-CoT policy (folder or bundled name)")
-    parser.add_argument("--reactive", required=True, help="the reactive baseline policy")
+    parser.add_argument("--reactive", help="the reactive baseline policy (its variant is skipped without)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tasks", help="default: the EM-CoT policy card's tasks")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--every-k", type=int, default=4, help="plan age (chunks) of the every-k variant")
     parser.add_argument(
-        "--subgoal-threshold", type=float, required=True, help="calibrated SubgoalReached value"
+        "--subgoal-threshold",
+        type=float,
+        help="calibrated SubgoalReached value (its variant is skipped without)",
     )
     parser.add_argument("--only", help="comma-separated variant labels to run (default: all)")
     parser.add_argument("--workers", type=int, default=1)
@@ -76,7 +87,9 @@ def main() -> None:
         wanted = set(args.only.split(","))
         unknown = wanted - {v.label for v in chosen}
         if unknown:
-            parser.error(f"unknown variants {sorted(unknown)}; known: {[v.label for v in chosen]}")
+            parser.error(
+                f"unknown or unavailable variants {sorted(unknown)}; available: {[v.label for v in chosen]}"
+            )
         chosen = [v for v in chosen if v.label in wanted]
     for variant in chosen:
         config = EvalConfig(

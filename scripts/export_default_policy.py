@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from emcot.eval.envs.metaworld_tasks import TASK_DESCRIPTIONS
+from emcot.eval.envs.metaworld_tasks import TASK_DESCRIPTIONS, expand_tasks
 from emcot.policy.card import ExampleObservation, PolicyCard
 from emcot.policy.policy import DEFAULT_POLICY, EmCoTPolicy
 from emcot.training.data.lerobot import LeRobotDataset
@@ -24,12 +24,16 @@ EXAMPLE_FILE = "example_observation.png"
 
 
 def task_names(dataset: LeRobotDataset) -> list[str]:
-    """The Meta-World task names of a collected dataset, in its task order."""
-    by_description = {description: name for name, description in TASK_DESCRIPTIONS.items()}
-    unknown = [t for t in dataset.tasks.values() if t not in by_description]
-    if unknown:
-        raise SystemExit(f"{dataset.root} holds tasks that are not Meta-World descriptions: {unknown}")
-    return [by_description[t] for t in dataset.tasks.values()]
+    """The Meta-World task names of a collected dataset, in its task order (from the descriptions)."""
+    names = []
+    for description in dataset.tasks.values():
+        matches = [name for name, text in TASK_DESCRIPTIONS.items() if text == description]
+        if len(matches) != 1:
+            raise SystemExit(
+                f"the description {description!r} names {matches or 'no task'}; pass the task list with --tasks"
+            )
+        names.append(matches[0])
+    return names
 
 
 def main() -> None:
@@ -46,6 +50,9 @@ def main() -> None:
         "--example-data", type=Path, required=True, help="held-out demos to take the example from"
     )
     parser.add_argument("--example-task", default="pick-place-v3")
+    parser.add_argument(
+        "--tasks", help="the training tasks, comma-separated (default: from the descriptions)"
+    )
     parser.add_argument(
         "--training", type=Path, help="JSON with training facts to record (recipes, steps, …)"
     )
@@ -68,7 +75,7 @@ def main() -> None:
     training |= {"dataset": f"{len(dataset)} scripted demos of {len(dataset.tasks)} tasks", "camera": camera}
     policy.card = PolicyCard(
         benchmark="metaworld",
-        tasks=tuple(task_names(dataset)),
+        tasks=tuple(expand_tasks(args.tasks)) if args.tasks else tuple(task_names(dataset)),
         camera="corner2",
         resolution=int(image.shape[0]),
         evaluation={"seed": 1000, "episodes": 10, "max_steps": 500, "stop_on_success": True},

@@ -39,5 +39,6 @@ def test_a_trace_on_the_shipped_observation_names_the_task(policy):
     assert instruction in TASK_DESCRIPTIONS.values()
     assert observation.images["corner2"].shape == (128, 128, 3)
     trace = policy.generate_trace(observation, instruction, seed=0)
-    assert trace.reasoning.strip() and trace.subgoal.size == (64, 64)
+    assert instruction.lower() in trace.reasoning.lower()  # "… To pick and place a puck to a goal, I will …"
+    assert trace.subgoal.size == (64, 64)
     assert np.isfinite(trace.actions).all() and np.abs(trace.actions).max() <= 1.5
