@@ -10,7 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from emcot.cli.args import MODES, add_policy_argument, load_policy, output_folder, print_trace, save_image
+from emcot.cli.args import (
+    MODES,
+    add_policy_argument,
+    load_policy,
+    output_folder,
+    positive_int,
+    print_trace,
+    save_image,
+    seed_number,
+)
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +32,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_policy_argument(parser)
     parser.add_argument(
-        "--seed", type=int, default=1000, help="scene and sampling seed (evaluation seeds: 1000+)"
+        "--seed", type=seed_number, default=1000, help="scene and sampling seed (evaluation seeds: 1000+)"
     )
     parser.add_argument("--mode", default="full", choices=MODES)
     parser.add_argument("--task", help="simulator task (default: the first of the policy card's tasks)")
-    parser.add_argument("--max-steps", type=int, help="episode step cap (default: the card's protocol)")
+    parser.add_argument(
+        "--max-steps", type=positive_int, help="episode step cap (default: the card's protocol)"
+    )
     parser.add_argument(
         "--no-sim", action="store_true", help="one trace on the shipped observation, even with [sim]"
     )

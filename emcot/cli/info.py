@@ -11,7 +11,9 @@ import numpy as np
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``info`` target: a folder or ``--preset``, exactly one."""
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("folder", nargs="?", help="policy or model folder")
+    what.add_argument(
+        "folder", nargs="?", help="policy or model folder, or a bundled policy name (default, synthetic)"
+    )
     what.add_argument("--preset", default=None)
 
 
@@ -23,7 +25,7 @@ def run_info(args: argparse.Namespace) -> int:
     from emcot.model.modeling import EmCoTModel
     from emcot.model.summary import format_count, parameter_breakdown
 
-    stats = None
+    stats = card = None
     if args.preset:
         config = EmCoTConfig.from_preset(args.preset)
         with torch.device("meta"):
@@ -31,14 +33,18 @@ def run_info(args: argparse.Namespace) -> int:
         title = f"preset {args.preset}"
     else:
         from emcot.model.loading import load_model
+        from emcot.policy.card import PolicyCard
+        from emcot.policy.policy import BUNDLED_POLICIES
         from emcot.tokenizers.actions import RobotNormStats
 
-        folder = Path(args.folder)
+        bundled = BUNDLED_POLICIES.get(args.folder)
+        folder = bundled[0] if bundled is not None else Path(args.folder)
         model = load_model(folder)
         config = model.config
-        title = str(folder)
+        title = f"{args.folder} ({folder})" if bundled is not None else str(folder)
         if (folder / "norm_stats.json").is_file():
             stats = RobotNormStats.load(folder / "norm_stats.json")
+        card = PolicyCard.load(folder)
     und = config.experts["und"]
     print(f"emcot model: {title}")
     print(
@@ -57,6 +63,10 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"  vae: {config.vae.latent_channels} latent channels, subgoal {config.vae.image_size}")
     a = config.action
     print(f"  actions: dim {a.action_dim}, state dim {a.state_dim}, horizon {a.horizon}, norm {a.norm_mode}")
+    if card is not None:
+        print(
+            f"  card: {card.benchmark}, {card.camera} at {card.resolution} px, tasks {', '.join(card.tasks)}"
+        )
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
     print(f"  dtype: {', '.join(dtypes)}")
     parts = parameter_breakdown(model)

@@ -263,10 +263,10 @@ class EmCoTPolicy:
         """A policy that ships with the package: ``default`` or ``synthetic``."""
         if name not in BUNDLED_POLICIES:
             raise ValueError(f"no bundled policy named {name!r}; bundled: {', '.join(BUNDLED_POLICIES)}")
-        folder, recipe = BUNDLED_POLICIES[name]
+        folder, remake = BUNDLED_POLICIES[name]
         if not (folder / "config.json").is_file():
             raise ValueError(
-                f"the bundled {name} policy is missing from {folder}; recreate it with `{recipe}`"
+                f"the bundled {name} policy is missing from {folder}; recreate it with `{remake}`"
             )
         return cls.from_pretrained(folder)
 
@@ -279,8 +279,8 @@ class EmCoTPolicy:
 
     @classmethod
     def default(cls) -> EmCoTPolicy:
-        """The bundled ``small`` policy trained on Meta-World (``benchmark.json`` in its folder names
-        its tasks and evaluation protocol)."""
+        """The bundled ``small`` policy trained on 8 Meta-World tasks (its ``card`` names them and the
+        evaluation protocol)."""
         return cls.bundled("default")
 
     @classmethod

@@ -32,7 +32,10 @@ def test_info_on_preset_and_folder(tmp_path, capsys):
     EmCoTPolicy.synthetic().save_pretrained(tmp_path / "p")
     assert main(["info", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
-    assert "synthetic.action: dim 4" in out and "float32" in out
+    assert "synthetic.action: dim 4" in out and "float32" in out and "card:" not in out
+    assert main(["info", "default"]) == 0  # a bundled name; float16 on disk, float32 loaded
+    out = capsys.readouterr().out
+    assert "card: metaworld, corner2 at 128 px, tasks reach-v3" in out and "dtype: float32" in out
 
 
 def test_generate_from_image_files(tmp_path, capsys):
