@@ -59,6 +59,7 @@ def test_the_expert_solves_easy_tasks_through_the_harness(tmp_path):
         "mean_steps",
         "think_ratio",
         "step_ms",
+        "control_hz",
     }
     assert results["protocol"]["episodes"] == 5 and results["protocol"]["seed"] == 1000
     assert "| reach-v3 " in (tmp_path / "results.md").read_text()
@@ -111,7 +112,9 @@ def test_the_bundled_policy_runs_a_closed_loop_through_a_camera_map(tmp_path):
     assert cell.think_ratio == pytest.approx(2 / 3) and cell.step_ms > 0
     with pytest.raises(ValueError, match="--camera-map corner2=head"):
         evaluate(
-            EvalConfig(tasks=("reach-v3",), agent=AgentSpec(), episodes=1), tmp_path / "x", progress=False
+            EvalConfig(tasks=("reach-v3",), agent=AgentSpec("synthetic"), episodes=1),
+            tmp_path / "x",
+            progress=False,
         )
     assert not (tmp_path / "x").exists()
 

@@ -11,7 +11,7 @@ from transformers import AutoModel
 from emcot import EmCoTModel, EmCoTPolicy
 from emcot.io_utils import load_safetensors_folder
 from emcot.model.loading import load_model, read_config
-from emcot.policy.policy import DEFAULT_POLICY
+from emcot.policy.policy import SYNTHETIC_POLICY
 
 IDS = torch.tensor([[3, 17, 42, 99, 7, 256, 5]])
 
@@ -46,7 +46,7 @@ BF16_PATHS = {
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     target = tmp_path_factory.mktemp("loading") / "policy"
-    shutil.copytree(DEFAULT_POLICY, target)
+    shutil.copytree(SYNTHETIC_POLICY, target)
     return target
 
 

@@ -22,7 +22,7 @@ from emcot.experts.config import ExpertConfig
 from emcot.inference.options import GenerationOptions
 from emcot.io_utils import load_safetensors_folder
 from emcot.model.flow import FlowSamplerConfig
-from emcot.policy.policy import DEFAULT_POLICY
+from emcot.policy.policy import SYNTHETIC_POLICY
 
 NAN, INF = float("nan"), float("inf")
 INSTRUCTION = "push the red block to the left"
@@ -37,7 +37,7 @@ def shared_policy() -> EmCoTPolicy:
 def policy_folder(scratch: Path) -> Path:
     target = scratch / "policy"
     if not target.exists():
-        shutil.copytree(DEFAULT_POLICY, target)
+        shutil.copytree(SYNTHETIC_POLICY, target)
     return target
 
 

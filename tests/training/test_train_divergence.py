@@ -24,13 +24,13 @@ def test_a_huge_learning_rate_stops_the_run_naming_step_terms_and_grad_norm(tmp_
     with pytest.raises(DivergenceError) as info:
         train(recipe(lr=1e6), out)
     message = str(info.value)
-    assert "training diverged at step 2" in message
+    assert "training diverged at step 3" in message
     assert "loss nan (text nan, subgoal nan, action nan), gradient norm nan" in message
     assert "Lower optim.lr" in message and "on_divergence: skip" in message
     assert not (out / "final").exists()
     # The checkpoint before the divergence was written and holds finite weights; none after it.
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
-    weights = load_file(out / "checkpoint-1" / "model.safetensors")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    weights = load_file(out / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
@@ -51,7 +51,7 @@ def test_skip_mode_skips_the_update_and_counts_the_step(tmp_path):
 
 
 def test_skip_mode_still_stops_after_consecutive_bad_steps(tmp_path):
-    bad = pytest.raises(DivergenceError, match="3 consecutive steps up to step 4 .*max_skipped_steps")
+    bad = pytest.raises(DivergenceError, match="3 consecutive steps up to step 5 .*max_skipped_steps")
     with bad, pytest.warns(UserWarning, match="skipping step"):
         train(recipe(lr=1e6, on_divergence="skip", max_skipped_steps=3), tmp_path / "run")
 
