@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emcot.eval.adapters import BLIND_ADAPTER, EXPERT_ADAPTER, ObservationAdapter, adapter_for_policy
@@ -93,12 +92,11 @@ class AgentSpec:
 def policy_card(policy: str) -> PolicyCard | None:
     """The card of an emcot policy (a bundled name or a folder), without loading its weights."""
     from emcot.policy.card import PolicyCard
-    from emcot.policy.policy import BUNDLED_POLICIES
+    from emcot.policy.policy import policy_folder
 
     if PolicyKind.of(policy) is not PolicyKind.EMCOT:
         return None
-    folder = BUNDLED_POLICIES[policy][0] if policy in BUNDLED_POLICIES else Path(policy)
-    return PolicyCard.load(folder)
+    return PolicyCard.load(policy_folder(policy))
 
 
 def _load_policy(name: str) -> EmCoTPolicy:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -34,14 +33,13 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         from emcot.model.loading import load_model
         from emcot.policy.card import PolicyCard
-        from emcot.policy.policy import BUNDLED_POLICIES
+        from emcot.policy.policy import BUNDLED_POLICIES, policy_folder
         from emcot.tokenizers.actions import RobotNormStats
 
-        bundled = BUNDLED_POLICIES.get(args.folder)
-        folder = bundled[0] if bundled is not None else Path(args.folder)
+        folder = policy_folder(args.folder)
         model = load_model(folder)
         config = model.config
-        title = f"{args.folder} ({folder})" if bundled is not None else str(folder)
+        title = f"{args.folder} ({folder})" if args.folder in BUNDLED_POLICIES else str(folder)
         if (folder / "norm_stats.json").is_file():
             stats = RobotNormStats.load(folder / "norm_stats.json")
         card = PolicyCard.load(folder)

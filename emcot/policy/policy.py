@@ -41,6 +41,13 @@ BUNDLED_POLICIES: dict[str, tuple[Path, str]] = {
 }
 
 
+def policy_folder(name_or_folder: str | os.PathLike) -> Path:
+    """The folder a ``--policy`` value names: a bundled policy's, or the path itself."""
+    if isinstance(name_or_folder, str) and name_or_folder in BUNDLED_POLICIES:
+        return BUNDLED_POLICIES[name_or_folder][0]
+    return Path(name_or_folder)
+
+
 class EmCoTPolicy:
     """Reason → imagine a subgoal → act, from camera images, a robot state and an instruction.
 
