@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from emcot.policy.policy import EmCoTPolicy
 
 
+FRAME_EVERY = 5  # the viewer's timeline: a frame every 5 env steps (plus every re-plan and the last)
+
+
 @dataclass
 class DemoEpisode:
     """An episode and the first and last frames of its camera."""
@@ -102,7 +105,7 @@ def run_demo_episode(
                 env,
                 Agent(mode, session, adapter),
                 seed=seed,
-                config=RolloutConfig(max_steps=steps, frame_every=0),
+                config=RolloutConfig(max_steps=steps, frame_every=FRAME_EVERY),
             )
     finally:
         env.close()

@@ -4,10 +4,11 @@ API:
 - ``EpisodeRecord`` — identity (``task``, ``mode``, ``episode``, ``seed``, ``instruction``), outcome
   (``success``, ``steps``, ``first_success``), per env step ``step_success`` and ``rewards``, per
   policy step ``policy_steps`` (:class:`PolicyStepRecord`: env step, re-planned, the rule that
-  fired, actions executed, stage timings in seconds), the re-plans' ``plans`` (:class:`PlanRecord`:
-  reasoning text and subgoal image), subsampled ``frames`` (:class:`FrameRecord`) and ``wall_s``;
+  fired, actions executed, stage timings in seconds, the whole ``predicted`` chunk), per env step the
+  ``actions`` sent, the re-plans' ``plans`` (:class:`PlanRecord`: reasoning text and subgoal image),
+  ``frames`` (:class:`FrameRecord`: every k-th step, every re-plan and the last step) and ``wall_s``;
   ``summary() -> EpisodeSummary``; ``save(folder)`` writes ``episode.json`` plus PNGs atomically;
-  ``EpisodeRecord.load(folder)``.
+  ``EpisodeRecord.load(folder)`` (also reads format 1, which had no actions).
 - ``EpisodeSummary`` — the numbers metrics need (``episode.json``'s ``summary`` entry; cheap to read
   with ``EpisodeSummary.load(folder)``).
 """
@@ -28,7 +29,7 @@ from PIL import Image
 from emcot.io_utils import dataclass_from_dict, read_json
 
 EPISODE_FILE = "episode.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,15 @@ class EpisodeSummary:
 @dataclass(frozen=True)
 class PolicyStepRecord:
     """One policy step: the env step its chunk started at, whether it re-planned and which rule
-    fired, how many of its actions ran, and its per-stage timings in seconds."""
+    fired, how many of its actions ran, its per-stage timings in seconds and the whole chunk its
+    trace ``predicted`` (``[horizon][action_dim]``, robot units; empty for reference policies)."""
 
     env_step: int
     replanned: bool
     reason: str | None
     actions: int
     timings: dict[str, float] = field(default_factory=dict)
+    predicted: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class EpisodeRecord:
     first_success: int | None = None
     step_success: list[bool] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    actions: list[list[float]] = field(default_factory=list)
     policy_steps: list[PolicyStepRecord] = field(default_factory=list)
     plans: list[PlanRecord] = field(default_factory=list)
     frames: list[FrameRecord] = field(default_factory=list)
@@ -133,6 +137,7 @@ class EpisodeRecord:
             "first_success": self.first_success,
             "step_success": self.step_success,
             "rewards": self.rewards,
+            "actions": self.actions,
             "policy_steps": [asdict(step) for step in self.policy_steps],
             "plans": plans,
             "frames": frames,
@@ -167,6 +172,12 @@ class EpisodeRecord:
         """Read an episode written by :meth:`save`, images included."""
         folder = Path(folder)
         data = read_json(folder / EPISODE_FILE, "episode file")
+        version = data.get("format")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(
+                f"episode file {folder / EPISODE_FILE} has format {version!r}; this emcot reads 1 and "
+                f"{FORMAT_VERSION} (a newer emcot wrote it?)"
+            )
         summary = EpisodeSummary.load(folder)
         plans = [
             PlanRecord(
@@ -192,6 +203,7 @@ class EpisodeRecord:
             first_success=data["first_success"],
             step_success=[bool(s) for s in data["step_success"]],
             rewards=[float(r) for r in data["rewards"]],
+            actions=[[float(a) for a in action] for action in data.get("actions", [])],
             policy_steps=[PolicyStepRecord(**step) for step in data["policy_steps"]],
             plans=plans,
             frames=frames,

@@ -9,7 +9,9 @@ API:
 - ``SessionLike`` / ``StepLike`` — the protocols (``emcot.runtime.PolicySession`` and the reference
   policies of :mod:`emcot.eval.policies` satisfy them).
 - ``Agent(name, session, adapter)`` — a session and the adapter that feeds it.
-- ``RolloutConfig(max_steps=500, stop_on_success=True, frame_every=20, action_dim=4)``.
+- ``RolloutConfig(max_steps=500, stop_on_success=True, frame_every=20, action_dim=4)``; the record
+  keeps the frames of every k-th env step, of every re-plan (what the plan was made from, and the
+  real scene that its imagined subgoal is compared with in the viewer) and of the last step.
 - ``run_episode(env, agent, *, seed, episode=0, config=RolloutConfig()) -> EpisodeRecord``.
 """
 
@@ -63,7 +65,8 @@ class Agent:
 @dataclass(frozen=True)
 class RolloutConfig:
     """``max_steps``: env steps per episode; ``stop_on_success``: end at the first success;
-    ``frame_every``: keep every k-th rendered frame (0 keeps none); ``action_dim``: the env's."""
+    ``frame_every``: keep every k-th rendered frame (0: only the re-plan and last frames);
+    ``action_dim``: the env's."""
 
     max_steps: int = 500
     stop_on_success: bool = True
@@ -102,6 +105,11 @@ def _plan_record(result: StepLike, *, env_step: int, policy_step: int) -> PlanRe
     )
 
 
+def _predicted(result: StepLike) -> list[list[float]]:
+    chunk = getattr(result.trace, "actions", None)
+    return [] if chunk is None else np.asarray(chunk, np.float32).tolist()
+
+
 def _timings(result: StepLike) -> dict[str, float]:
     timings: Mapping[str, float] = result.timings or {}
     return {key: float(value) for key, value in timings.items()}
@@ -114,20 +122,24 @@ class _Episode:
         self.record = record
         self.config = config
         self.max_steps = max_steps
+        self.kept_steps: set[int] = set()
 
-    def keep_frames(self, observation: EnvObservation) -> None:
+    def keep_frames(self, observation: EnvObservation, step: int, *, always: bool = False) -> None:
+        """Keep the observation's frames, seen at env step ``step``, on k-th steps (or ``always``)."""
         every = self.config.frame_every
-        if every and self.record.steps % every == 0:
-            step = self.record.steps
-            self.record.frames += [
-                FrameRecord(step, name, image) for name, image in observation.images.items()
-            ]
+        if step in self.kept_steps or not (always or (every and step % every == 0)):
+            return
+        self.kept_steps.add(step)
+        self.record.frames += [FrameRecord(step, name, image) for name, image in observation.images.items()]
 
     def policy_step(self, result: StepLike, *, env_step: int, actions: int) -> None:
+        """Record one policy step and, when it re-planned, its plan."""
         record = self.record
         index = len(record.policy_steps)
         record.policy_steps.append(
-            PolicyStepRecord(env_step, bool(result.replanned), result.reason, actions, _timings(result))
+            PolicyStepRecord(
+                env_step, bool(result.replanned), result.reason, actions, _timings(result), _predicted(result)
+            )
         )
         if result.replanned:
             plan = _plan_record(result, env_step=env_step, policy_step=index)
@@ -158,20 +170,24 @@ def run_episode(
         task=env.task, mode=agent.name, episode=episode, seed=seed, instruction=env.instruction
     )
     state = _Episode(record, config, min(config.max_steps, env.max_steps))
-    state.keep_frames(observation)
+    state.keep_frames(observation, 0)
     done = False
     while not done:
         result = agent.session.step(agent.adapter(observation))
         actions = _chunk(result, config.action_dim)
         start, executed = record.steps, 0
+        if result.replanned and result.trace is not None:
+            state.keep_frames(observation, start, always=True)  # what the new plan was made from
         for action in actions:
             outcome = env.step(action)
             executed += 1
+            record.actions.append(action.tolist())
             observation = outcome.observation
             done = state.env_step(outcome.success, outcome.reward)
             if done:
                 break
-            state.keep_frames(observation)
+            state.keep_frames(observation, record.steps)
         state.policy_step(result, env_step=start, actions=executed)
+    state.keep_frames(observation, record.steps, always=True)
     record.wall_s = time.perf_counter() - started
     return record

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from emcot.inference.trace import Trace
     from emcot.policy.policy import EmCoTPolicy
+    from emcot.types import Observation
 
 # Trace modes for --mode; importing the enum is light (sequence.layouts needs only torch).
 MODES = tuple(mode.value for mode in TraceMode)
@@ -173,8 +174,8 @@ def load_policy(name: str) -> EmCoTPolicy:
     return EmCoTPolicy.load(name)
 
 
-def print_trace(trace: Trace, out: Path | None) -> None:
-    """Print a summary of ``trace``; save it into the folder ``out`` when given."""
+def print_trace(trace: Trace, out: Path | None, observation: Observation | None = None) -> None:
+    """Print a summary of ``trace``; save it (with the ``observation`` it saw) into ``out`` when given."""
     print(f"instruction : {trace.instruction}")
     print(f"mode        : {trace.mode}")
     print(f"reasoning   : {trace.reasoning}")
@@ -182,4 +183,4 @@ def print_trace(trace: Trace, out: Path | None) -> None:
     print(f"actions     : shape {trace.actions.shape}, first step {np.round(trace.actions[0], 3).tolist()}")
     print("timings (s) : " + ", ".join(f"{k} {v:.3f}" for k, v in trace.timings.items()))
     if out is not None:
-        print(f"saved to    : {trace.save(out)}")
+        print(f"saved to    : {trace.save(out, observation)}")

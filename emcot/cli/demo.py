@@ -47,6 +47,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _trace_on_shipped_observation(policy, args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from emcot.eval.viewer import build_view
+
     example = policy.example()
     if example is None:
         from emcot.synthetic.world import synthetic_samples
@@ -56,8 +58,9 @@ def _trace_on_shipped_observation(policy, args: argparse.Namespace) -> int:
     observation, instruction = example
     print(f"instruction: {instruction}")
     trace = policy.generate_trace(observation, instruction, mode=args.mode, seed=args.seed)
-    print_trace(trace, args.out)
+    print_trace(trace, args.out, observation)
     save_image(Image.fromarray(observation.images[policy.cameras[0]]), args.out / "observation.png")
+    print(f"view it     : {build_view(args.out, args.out / 'trace.html', progress=False).resolve()}")
     return 0
 
 
@@ -75,6 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return _trace_on_shipped_observation(policy, args)
     from emcot.eval.demo import run_demo_episode, save_demo
     from emcot.eval.envs.mujoco_gl import configure_gl
+    from emcot.eval.viewer import build_view
 
     assert card is not None
     configure_gl()
@@ -93,4 +97,6 @@ def run_demo(args: argparse.Namespace) -> int:
     for path in save_demo(demo, args.out):
         print(f"wrote {path}")
     print(f"wrote {args.out / 'episode'} (the whole episode: every policy step, plan and timing)")
+    page = build_view(args.out / "episode", args.out / "episode.html", progress=False)
+    print(f"view it: {page.resolve()}")
     return 0

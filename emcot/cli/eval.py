@@ -78,6 +78,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=output_folder, required=True, help="results folder (re-runs resume)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-view", action="store_true", help="skip writing the HTML pages (OUT/view.html, one per episode)"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -127,4 +130,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "protocol: "
         + json.dumps({k: outcome.protocol[k] for k in ("policy", "seed", "resolution", "max_steps")})
     )
+    if not args.no_view:
+        from emcot.eval.viewer import build_view
+
+        page = build_view(args.out, args.out / "view.html", progress=not args.no_progress)
+        print(f"view it: {page.resolve()}")
     return 0

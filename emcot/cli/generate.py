@@ -49,5 +49,7 @@ def run_generate(args: argparse.Namespace) -> int:
     obs = Observation(_read_camera_images(args.image), args.state)
     policy = load_policy(args.policy)
     trace = policy.generate_trace(obs, args.instruction, mode=args.mode, seed=args.seed)
-    print_trace(trace, args.out)
+    print_trace(trace, args.out, obs)
+    if args.out is not None:
+        print(f"view it     : emcot view {args.out}")
     return 0

@@ -1,5 +1,5 @@
 """The ``emcot`` command line: demo, generate, predict-frame, info, train, annotate, serve, collect,
-eval, compare, convert.
+eval, compare, view, convert.
 
 Every failure ends as one line ``emcot <command>: error: <message>`` on stderr: exit 2 for a usage
 error (caught by the argument types before any work), 1 for a failure in the work, 130 for Ctrl-C.
@@ -27,6 +27,7 @@ from emcot.cli.info import add_info_arguments, run_info
 from emcot.cli.predict_frame import add_predict_frame_arguments, run_predict_frame
 from emcot.cli.serve import add_serve_arguments, run_serve
 from emcot.cli.train import add_train_arguments, run_train
+from emcot.cli.view import add_view_arguments, run_view
 
 # Errors a user causes (a bad file, a bad value): their message is the whole story.
 _USER_ERRORS = (ValueError, OSError, yaml.YAMLError, KeyboardInterrupt)
@@ -79,6 +80,12 @@ _COMMANDS = (
         "tabulate several `emcot eval` result folders side by side",
         add_compare_arguments,
         run_compare,
+    ),
+    _Command(
+        "view",
+        "write the HTML page of a saved trace, episode, demo or evaluation (opens from disk)",
+        add_view_arguments,
+        run_view,
     ),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from PIL import Image
 
 from emcot.io_utils import read_json
 from emcot.sequence.plan import SequencePlan
+from emcot.types import Observation
 
 if TYPE_CHECKING:
     from emcot.inference.state import TraceState
@@ -37,13 +39,20 @@ class Trace:
     layout: SequencePlan | None = field(default=None, repr=False, compare=False)
     subgoal_latents: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``reasoning.txt``, ``subgoal.png`` (if any) and ``trace.json`` into ``folder``."""
+    def save(self, folder: str | Path, observation: Observation | None = None) -> Path:
+        """Write ``reasoning.txt``, ``subgoal.png`` (if any) and ``trace.json`` into ``folder``;
+        with the ``observation`` the trace was made from, also ``observation_<camera>.png`` per
+        camera (named in ``trace.json``'s ``observations``, with its ``state``), for the viewer."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "reasoning.txt").write_text(self.reasoning + "\n")
         if self.subgoal is not None:
             self.subgoal.save(folder / "subgoal.png")
+        seen: dict[str, str] = {}
+        if observation is not None:
+            for camera, image in observation.images.items():
+                seen[camera] = f"observation_{re.sub(r'[^A-Za-z0-9_.-]', '_', camera)}.png"
+                Image.fromarray(np.asarray(image, np.uint8)).save(folder / seen[camera])
         payload = {
             "instruction": self.instruction,
             "mode": self.mode,
@@ -52,6 +61,10 @@ class Trace:
             "timings": self.timings,
             "subgoal": "subgoal.png" if self.subgoal is not None else None,
         }
+        if observation is not None:
+            state = observation.state
+            payload["observations"] = seen
+            payload["state"] = None if state is None else np.asarray(state, np.float32).tolist()
         (folder / "trace.json").write_text(json.dumps(payload, indent=2) + "\n")
         return folder
 

@@ -1,4 +1,5 @@
-"""Simulated environments for closed-loop evaluation: the ``Env`` protocol and Meta-World.
+"""Simulated environments for closed-loop evaluation: the ``Env`` protocol, Meta-World and the
+synthetic pushing world.
 
 Importing this package never imports a simulator; ``MetaWorldEnv(...)`` does, lazily.
 """
@@ -6,6 +7,7 @@ Importing this package never imports a simulator; ``MetaWorldEnv(...)`` does, la
 from emcot.eval.envs.base import Env, EnvObservation, StepOutcome
 from emcot.eval.envs.metaworld import MetaWorldConfig, MetaWorldEnv
 from emcot.eval.envs.metaworld_tasks import SPLITS, TASK_DESCRIPTIONS, expand_tasks
+from emcot.eval.envs.synthetic import SyntheticPushConfig, SyntheticPushEnv
 
 __all__ = [
     "SPLITS",
@@ -15,5 +17,7 @@ __all__ = [
     "MetaWorldConfig",
     "MetaWorldEnv",
     "StepOutcome",
+    "SyntheticPushConfig",
+    "SyntheticPushEnv",
     "expand_tasks",
 ]

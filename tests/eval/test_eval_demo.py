@@ -33,7 +33,7 @@ def carded_folder(tmp_path_factory):
     return policy.save_pretrained(tmp_path_factory.mktemp("carded") / "policy")
 
 
-def test_eval_defaults_to_the_tasks_of_the_policy_card(carded_folder, tmp_path):
+def test_eval_defaults_to_the_tasks_of_the_policy_card(carded_folder, tmp_path, capsys):
     from emcot.cli.eval import add_eval_arguments, run_eval
 
     parser = argparse.ArgumentParser()
@@ -45,6 +45,9 @@ def test_eval_defaults_to_the_tasks_of_the_policy_card(carded_folder, tmp_path):
     assert run_eval(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["protocol"]["tasks"] == ["reach-v3"]
+    # the evaluation's pages, and where they are
+    assert f"view it: {(tmp_path / 'view.html').resolve()}" in capsys.readouterr().out
+    assert (tmp_path / "view_episodes" / "reactive" / "reach-v3" / "000.html").is_file()
 
 
 def test_demo_runs_one_closed_loop_episode_and_writes_its_pictures(carded_folder, tmp_path, capsys):
@@ -60,11 +63,16 @@ def test_demo_runs_one_closed_loop_episode_and_writes_its_pictures(carded_folder
     assert Image.open(out / "subgoal.png").size == (32, 32) and (out / "reasoning.txt").read_text().strip()
     episode = json.loads((out / "episode" / "episode.json").read_text())
     assert episode["summary"]["task"] == "reach-v3" and episode["summary"]["steps"] <= 24
+    assert f"view it: {(out / 'episode.html').resolve()}" in printed
+    assert 'class="view subgoal"' in (out / "episode.html").read_text()
 
 
 def test_demo_without_the_simulator_shows_a_trace_on_the_shipped_observation(carded_folder, tmp_path, capsys):
     assert main(["demo", "--policy", str(carded_folder), "--no-sim", "--out", str(tmp_path)]) == 0
-    assert "instruction: Reach a goal position" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "instruction: Reach a goal position" in printed
+    assert f"view it     : {(tmp_path / 'trace.html').resolve()}" in printed
+    assert (tmp_path / "observation_head.png").is_file()  # saved with the trace, shown on its page
     np.testing.assert_array_equal(
         np.asarray(Image.open(tmp_path / "observation.png")), np.full((64, 64, 3), 90)
     )

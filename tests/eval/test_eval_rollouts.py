@@ -73,7 +73,10 @@ def test_a_rendered_expert_episode_keeps_frames_and_stops_at_success():
     env.close()
     assert record.success and record.steps == record.first_success < 500
     assert record.step_success[-1] and not any(record.step_success[:-1])
-    assert [f.env_step for f in record.frames] == list(range(0, record.steps, 10))
+    # every 10th step, and the last one (the scene the episode ended in)
+    assert [f.env_step for f in record.frames] == [*range(0, record.steps, 10), record.steps]
+    assert len(record.actions) == record.steps and len(record.actions[0]) == 4
+    assert record.policy_steps[0].predicted == []  # a scripted expert predicts no chunk
     assert record.frames[0].image.shape == (64, 64, 3) and len(record.policy_steps) == record.steps
 
 
@@ -107,7 +110,12 @@ def test_the_bundled_policy_runs_a_closed_loop_through_a_camera_map(tmp_path):
     assert [s.reason for s in record.policy_steps] == ["no_plan", None, "every_k"]
     assert len(record.plans) == 2 and record.plans[0].subgoal is not None and record.plans[0].reasoning
     assert {"reasoning", "subgoal", "actions", "step"} <= set(record.policy_steps[0].timings)
-    assert len(record.frames) == 4
+    # every 5th step, the re-plans at steps 0 and 16, and the last step
+    assert [f.env_step for f in record.frames] == [0, 5, 10, 15, 16, 20]
+    # each step keeps its whole predicted chunk; the env ran its actions as predicted
+    assert [np.shape(s.predicted) for s in record.policy_steps] == [(8, 4)] * 3
+    executed = [a for s in record.policy_steps for a in s.predicted[: s.actions]]
+    np.testing.assert_allclose(record.actions, executed, rtol=1e-6)
     cell = outcome.metrics.tasks["reach-v3"]["full"]
     assert cell.think_ratio == pytest.approx(2 / 3) and cell.step_ms > 0
     with pytest.raises(ValueError, match="--camera-map corner2=head"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
 from emcot.training.collate import SampleCollator
@@ -102,6 +105,14 @@ def test_trace_saves_and_loads(fitted, tmp_path):
     assert back.reasoning == trace.reasoning and np.allclose(back.actions, trace.actions)
     assert np.array_equal(np.asarray(back.subgoal), np.asarray(trace.subgoal))
     assert (tmp_path / "t" / "subgoal.png").is_file() and (tmp_path / "t" / "reasoning.txt").is_file()
+    # with the observation it was made from: one PNG per camera and the state, named in trace.json
+    observation = samples[0].observation
+    trace.save(tmp_path / "o", observation)
+    saved = json.loads((tmp_path / "o" / "trace.json").read_text())
+    assert saved["observations"] == {"head": "observation_head.png"}
+    assert np.allclose(saved["state"], observation.state)
+    back = np.asarray(Image.open(tmp_path / "o" / "observation_head.png"))
+    assert np.array_equal(back, observation.images["head"])
 
 
 def test_input_validation(fitted):

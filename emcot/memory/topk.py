@@ -1,0 +1,97 @@
+"""Top-K sparse attention over history keys: each query attends only to its K most relevant keys.
+
+Scores are the scaled dot products ``q·k/√d`` (keys the boolean ``mask`` forbids never count).
+Both paths select, per query, the ``top_k`` highest-scoring allowed keys and take the softmax over
+those keys only, so they agree in the forward pass:
+
+- **training** (``training=True``): the selection is a hard 0/1 mask over all keys made
+  differentiable with a straight-through estimator, ``mask_st = hard.detach() + p − p.detach()``
+  where ``p`` is the softmax over every allowed key; the forward sees exactly the hard mask, the
+  backward lets the gradient reach every score, chosen or not, so the model can learn which keys
+  to choose. Memory is that of full attention (``[B, H, Lq, Lk]`` weights).
+- **evaluation** (``training=False``): the ``top_k`` keys and values are gathered and the softmax
+  and weighted sum run over ``[B, H, Lq, K]`` only; no gradient is meant to flow.
+
+A query with no allowed key gets a zero output (full attention would give NaN). With
+``top_k >= Lk`` both paths are ordinary masked softmax attention.
+
+API: ``topk_attention(q, k, v, top_k, *, training, mask=None)``; ``full_attention(q, k, v, mask=None)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            f"topk_attention takes q [B, H, Lq, d], k and v [B, H, Lk, d]; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape[:-1] != v.shape[:-1] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} disagree: k and v need one "
+            "key per value, and q and k the same batch, heads and head size"
+        )
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be boolean (True = may attend), got {mask.dtype}")
+
+
+def _softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension; rows that are all -inf give zeros instead of NaN."""
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
+def full_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Masked softmax attention (the reference the Top-K paths reduce to when ``top_k >= Lk``)."""
+    _check(q, k, v, mask)
+    return torch.matmul(_softmax_rows(_scores(q, k, mask)), v)
+
+
+def topk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    top_k: int,
+    *,
+    training: bool,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of ``q [B, H, Lq, d]`` over the ``top_k`` best keys of ``k/v [B, H, Lk, d]`` each
+    (see the module docstring for the two paths); ``mask`` (bool, True = may attend) broadcasts to
+    ``[B, H, Lq, Lk]``. Returns ``[B, H, Lq, d]``."""
+    _check(q, k, v, mask)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    scores = _scores(q, k, mask)
+    if top_k >= k.shape[-2]:
+        return torch.matmul(_softmax_rows(scores), v)
+    chosen = scores.topk(top_k, dim=-1).indices  # [B, H, Lq, K]
+    if training:
+        hard = torch.zeros_like(scores).scatter_(-1, chosen, 1.0)
+        hard = hard.masked_fill(torch.isneginf(scores), 0.0)  # a forbidden key is never chosen
+        soft = _softmax_rows(scores)
+        mask_st = hard.detach() + soft - soft.detach()  # forward: the hard mask; backward: through p
+        # the softmax over the chosen keys, written as a mask-weighted softmax so mask_st's gradient counts
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True).clamp_min(-1e30).detach()) * mask_st
+        weights = weights.masked_fill(torch.isneginf(scores), 0.0)
+        total = weights.sum(-1, keepdim=True)
+        return torch.matmul(weights / torch.where(total > 0, total, torch.ones_like(total)), v)
+    picked = scores.gather(-1, chosen)  # [B, H, Lq, K]
+    b, h, lq, kk = chosen.shape
+    flat = chosen.reshape(b, h, lq * kk, 1).expand(b, h, lq * kk, v.shape[-1])
+    values = v.gather(-2, flat).reshape(b, h, lq, kk, v.shape[-1])  # [B, H, Lq, K, d]
+    return torch.matmul(_softmax_rows(picked).unsqueeze(-2), values).squeeze(-2)

@@ -1,0 +1,94 @@
+"""Top-K sparse attention: full attention when K covers the history, the straight-through and
+gather paths agree in the forward, gradients reach every score in training, masks and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from emcot.memory import full_attention, topk_attention
+
+
+def qkv(lq: int = 5, lk: int = 12, d: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(2, 3, n, d, generator=g, dtype=torch.float64) for n in (lq, lk, lk))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_k_at_least_the_history_is_full_attention(training):
+    q, k, v = qkv()
+    reference = F.scaled_dot_product_attention(q, k, v)
+    for top_k in (12, 50):
+        torch.testing.assert_close(
+            topk_attention(q, k, v, top_k, training=training), reference, rtol=0, atol=1e-12
+        )
+    mask = torch.rand(5, 12, generator=torch.Generator().manual_seed(1)) > 0.4
+    mask[:, 0] = True
+    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(
+        topk_attention(q, k, v, 12, training=training, mask=mask), masked, rtol=0, atol=1e-12
+    )
+
+
+def brute_force(q, k, v, top_k, mask=None):
+    """Per query: the top_k scores' keys, softmax over them only (loops, no tricks)."""
+    out = torch.zeros_like(q)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    for b in range(q.shape[0]):
+        for h in range(q.shape[1]):
+            for i in range(q.shape[2]):
+                row = scores[b, h, i]
+                allowed = int(torch.isfinite(row).sum())
+                keep = row.topk(min(top_k, allowed)).indices
+                if len(keep):
+                    out[b, h, i] = torch.softmax(row[keep], 0) @ v[b, h, keep]
+    return out
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 7])
+def test_both_paths_agree_with_a_brute_force_top_k(top_k):
+    q, k, v = qkv()
+    mask = torch.ones(5, 12, dtype=torch.bool).tril(
+        diagonal=6
+    )  # causal-in-time history: query i sees keys ≤ i + 6
+    expected = brute_force(q, k, v, top_k, mask)
+    train = topk_attention(q, k, v, top_k, training=True, mask=mask)
+    gather = topk_attention(q, k, v, top_k, training=False, mask=mask)
+    torch.testing.assert_close(train, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gather, expected, rtol=0, atol=1e-12)
+
+
+def test_gradients_reach_every_score_in_training_and_only_chosen_keys_when_gathering():
+    q, k, v = qkv(lq=2, lk=10)
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).detach().requires_grad_(True)
+    # feed the scores through q = I-like keys so that d(out)/d(scores) is what topk_attention sees
+    eye = torch.eye(10, dtype=torch.float64).expand(2, 3, 10, 10)
+    out = topk_attention(scores * 10**0.5, eye, v, 3, training=True)
+    out.pow(2).sum().backward()
+    assert (scores.grad.abs() > 0).all(), "some unchosen key got no gradient"
+    scores.grad = None
+    out = topk_attention(scores * 10**0.5, eye, v, 3, training=False)
+    out.pow(2).sum().backward()
+    nonzero = (scores.grad.abs() > 0).sum(-1)
+    assert (nonzero == 3).all()  # the hard gather: only the chosen keys' scores move
+
+
+def test_a_query_with_no_allowed_key_gets_zeros_and_bad_input_is_refused():
+    q, k, v = qkv(lq=2, lk=6)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1] = False
+    for training in (True, False):
+        out = topk_attention(q, k, v, 2, training=training, mask=mask)
+        assert torch.isfinite(out).all() and (out[:, :, 1] == 0).all()
+    torch.testing.assert_close(full_attention(q, k, v, mask)[:, :, 1], torch.zeros_like(q[:, :, 1]))
+    with pytest.raises(ValueError, match="positive integer"):
+        topk_attention(q, k, v, 0, training=False)
+    with pytest.raises(ValueError, match="boolean"):
+        topk_attention(q, k, v, 2, training=False, mask=mask.float())
+    with pytest.raises(ValueError, match="disagree"):
+        topk_attention(q, k[..., :4], v, 2, training=False)
+    with pytest.raises(ValueError, match=r"q \[B, H, Lq, d\]"):
+        topk_attention(q[0], k, v, 2, training=False)
