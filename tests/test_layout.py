@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, int]] = [
     ("emcot.config", 2),
     ("emcot.presets", 2),
     ("emcot.sequence", 3),
+    ("emcot.memory", 3),  # plain torch; the backbone and the session will use it
     ("emcot.model", 4),
     ("emcot.inference", 5),
     ("emcot.policy", 6),

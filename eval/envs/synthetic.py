@@ -90,9 +90,9 @@ class SyntheticPushEnv:
         return EnvObservation(images={self.cameras[0]: image}, state=state, raw=state.astype(np.float64))
 
     def _solved(self) -> bool:
-        gx, gy = SIDES[self.side]
-        axis, goal = (0, gx) if gx is not None else (1, gy)
-        return abs(float(self.block[axis]) - float(goal)) <= self.config.tolerance
+        # each side fixes one coordinate of the goal (x for left/right, y for top/bottom)
+        axis, goal = next((i, v) for i, v in enumerate(SIDES[self.side]) if v is not None)
+        return abs(float(self.block[axis]) - goal) <= self.config.tolerance
 
     def step(self, action: np.ndarray) -> StepOutcome:
         """Move the gripper toward ``action[:2]``; a touched block moves toward ``action[2:]``."""
