@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emcot.eval.records import EpisodeRecord
+from emcot.eval.records import EpisodeRecord, PolicyStepRecord
 from emcot.eval.viewer.html import esc, figure, img, page, table
 from emcot.eval.viewer.svg import PALETTE, Marker, Series, Span, line_chart
 
@@ -263,23 +263,13 @@ def _latency(record: EpisodeRecord) -> str:
         return ""
     thinking = [s for s in steps if s.replanned]
     acting = [s for s in steps if not s.replanned]
+
+    def dots(name: str, group: list[PolicyStepRecord], color: str) -> Series:
+        latency_ms = [1000.0 * s.timings.get("step", 0.0) for s in group]
+        return Series(name, [s.env_step for s in group], latency_ms, color, dots=True)
+
     chart = line_chart(
-        [
-            Series(
-                "re-plan",
-                [s.env_step for s in thinking],
-                [1000.0 * s.timings.get("step", 0.0) for s in thinking],
-                "#d62728",
-                dots=True,
-            ),
-            Series(
-                "reuse",
-                [s.env_step for s in acting],
-                [1000.0 * s.timings.get("step", 0.0) for s in acting],
-                "#1f77b4",
-                dots=True,
-            ),
-        ],
+        [dots("re-plan", thinking, "#d62728"), dots("reuse", acting, "#1f77b4")],
         title="policy latency per step (ms)",
         x_label="env step",
         width=760,
