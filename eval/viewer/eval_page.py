@@ -104,7 +104,10 @@ def write_evaluation_pages(folder: str | Path, out: str | Path, *, progress: boo
             episode_page(record, title_link=(f"../../../{index_name}", "evaluation")), encoding="utf-8"
         )
         entries.append((record.summary(), target.relative_to(out.parent).as_posix()))
-    metrics = compute_metrics([e[0] for e in entries], _bucket_of, bucket_order=(*DIFFICULTY, OTHER_BUCKET))
+    # rows in the protocol's task order (the policy card's), tasks it does not name after them
+    order = {task: i for i, task in enumerate(protocol.get("tasks") or [])}
+    summaries = sorted((e[0] for e in entries), key=lambda s: order.get(s.task, len(order)))
+    metrics = compute_metrics(summaries, _bucket_of, bucket_order=(*DIFFICULTY, OTHER_BUCKET))
     complete = (folder / RESULTS_FILE).is_file()
     state = (
         "complete"

@@ -126,7 +126,8 @@ def write_evaluation(root: Path, outcomes: dict[tuple[str, str, int], bool]) -> 
             frames=[FrameRecord(0, "corner2", np.zeros((8, 8, 3), np.uint8))],
         )
         record.save(root / "episodes" / mode / task / f"{episode:03d}")
-    (root / "protocol.json").write_text(json.dumps({"policy": "default", "seed": 1000}))
+    protocol = {"policy": "default", "seed": 1000, "tasks": ["reach-v3", "pick-place-v3"]}
+    (root / "protocol.json").write_text(json.dumps(protocol))
 
 
 def test_an_evaluation_page_tabulates_and_links_every_episode_failures_first(tmp_path):
@@ -151,6 +152,7 @@ def test_an_evaluation_page_tabulates_and_links_every_episode_failures_first(tmp
     # rows: both tasks, their buckets (easy, hard), the bucket mean, the episode mean; cells link to episodes
     table = html.split('class="results"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + 2 + 2 + 2
+    assert table.index("reach-v3") < table.index("pick-place-v3")  # the protocol's order, not the folders'
     assert "50.0" in table and "100.0" in table and "0.0" in table
     links = [a["href"] for a in page.having("a") if a.get("href", "").endswith(".html")]
     assert len(links) == len(outcomes)
