@@ -13,6 +13,7 @@ API:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -30,6 +31,16 @@ OTHER_BUCKET = "other"
 
 def _bucket_of(task: str) -> str:
     return difficulty_of(task) if task in TASK_DESCRIPTIONS else OTHER_BUCKET
+
+
+def _protocol(folder: Path) -> dict[str, Any]:
+    """The protocol of a finished evaluation (results.json: with its tasks and episode count), else
+    of one under way (protocol.json), else nothing."""
+    if (folder / RESULTS_FILE).is_file():
+        results = read_json(folder / RESULTS_FILE, "results file")
+        if isinstance(results, dict) and isinstance(results.get("protocol"), dict):
+            return results["protocol"]
+    return read_json(folder / PROTOCOL_FILE, "protocol file") if (folder / PROTOCOL_FILE).is_file() else {}
 
 
 def _anchor(mode: str, task: str) -> str:
@@ -90,9 +101,7 @@ def write_evaluation_pages(folder: str | Path, out: str | Path, *, progress: boo
     episode_files = sorted((folder / "episodes").glob(f"*/*/*/{EPISODE_FILE}"))
     if not episode_files:
         raise ValueError(f"{folder} holds no saved episodes (episodes/<mode>/<task>/<n>/{EPISODE_FILE})")
-    protocol = (
-        read_json(folder / PROTOCOL_FILE, "protocol file") if (folder / PROTOCOL_FILE).is_file() else {}
-    )
+    protocol = _protocol(folder)
     pages = out.parent / f"{out.stem}_episodes"
     index_name = out.name
     entries: list[tuple[EpisodeSummary, str]] = []

@@ -126,8 +126,7 @@ def write_evaluation(root: Path, outcomes: dict[tuple[str, str, int], bool]) -> 
             frames=[FrameRecord(0, "corner2", np.zeros((8, 8, 3), np.uint8))],
         )
         record.save(root / "episodes" / mode / task / f"{episode:03d}")
-    protocol = {"policy": "default", "seed": 1000, "tasks": ["reach-v3", "pick-place-v3"]}
-    (root / "protocol.json").write_text(json.dumps(protocol))
+    (root / "protocol.json").write_text(json.dumps({"policy": "default", "seed": 1000}))
 
 
 def test_an_evaluation_page_tabulates_and_links_every_episode_failures_first(tmp_path):
@@ -152,7 +151,6 @@ def test_an_evaluation_page_tabulates_and_links_every_episode_failures_first(tmp
     # rows: both tasks, their buckets (easy, hard), the bucket mean, the episode mean; cells link to episodes
     table = html.split('class="results"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + 2 + 2 + 2
-    assert table.index("reach-v3") < table.index("pick-place-v3")  # the protocol's order, not the folders'
     assert "50.0" in table and "100.0" in table and "0.0" in table
     links = [a["href"] for a in page.having("a") if a.get("href", "").endswith(".html")]
     assert len(links) == len(outcomes)
@@ -166,6 +164,13 @@ def test_an_evaluation_page_tabulates_and_links_every_episode_failures_first(tmp
     episode_page = (index.parent / links[0]).read_text()
     no_network(episode_page)
     assert 'href="../../../view.html"' in episode_page
+    # finished: results.json's protocol names the tasks, and the rows follow its order, not the folders'
+    protocol = {"policy": "default", "seed": 1000, "tasks": ["reach-v3", "pick-place-v3"], "episodes": 2}
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"protocol": protocol}))
+    html = build_view(tmp_path / "run", tmp_path / "site" / "view.html", progress=False).read_text()
+    table = html.split('class="results"')[1].split("</table>")[0]
+    assert "· complete" in html and table.index("reach-v3") < table.index("pick-place-v3")
+    assert "<td>episodes</td><td>2</td>" in html  # the protocol table shows the finished protocol
 
 
 def test_view_refuses_folders_it_cannot_show(tmp_path):
