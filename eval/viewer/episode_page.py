@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from emcot.eval.records import EpisodeRecord, PolicyStepRecord
 from emcot.eval.viewer.html import esc, figure, img, page, table
@@ -51,20 +50,13 @@ class PlanView:
         """PSNR (dB) of the imagined subgoal and of the observation against the frame reached."""
         if self.subgoal is None or self.reached is None or self.observation is None:
             return None
-        size = (self.subgoal.shape[1], self.subgoal.shape[0])
-        reached, seen = (_resized(image, size) for image in (self.reached, self.observation))
-        return _psnr(self.subgoal, reached), _psnr(seen, reached)
+        # the codec's metric (identical images: its 100 dB cap), imported only when a page scores one
+        from emcot.tokenizers.vae import resize_rgb
+        from emcot.training.codec import psnr
 
-
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+        size = self.subgoal.shape[:2]
+        reached, seen = (resize_rgb(image, size) for image in (self.reached, self.observation))
+        return psnr(self.subgoal, reached), psnr(seen, reached)
 
 
 def _frames_by_step(record: EpisodeRecord) -> dict[int, dict[str, np.ndarray]]:
