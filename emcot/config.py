@@ -20,6 +20,7 @@ from emcot.io_utils import (
     dataclass_from_dict,
     parse_choice,
 )
+from emcot.memory.config import MemoryConfig
 from emcot.tokenizers.actions import ActionSpaceConfig
 from emcot.tokenizers.vae import VAEConfig
 from emcot.tokenizers.vision_config import VisionEncoderConfig
@@ -121,12 +122,14 @@ class LossConfig:
     """Loss weights and the flow-matching time distributions used in training.
 
     Stage 1 of the HALO recipe weighs text / subgoal / action as 0.25 / 0.5 / 1.0; stage 2 uses
-    equal weights.
+    equal weights. ``vqa_weight`` is λ of ``L = L_IL + λ·L_VQA``: it weighs the answers of
+    video-QA samples (VQA samples with a history), a term of their own named ``vqa``.
     """
 
     text_weight: float = 1.0
     subgoal_weight: float = 1.0
     action_weight: float = 1.0
+    vqa_weight: float = 1.0
     action_loss: str = "l1"
     subgoal_time_distribution: str = "logit_normal"
     subgoal_time_shift: float = 1.0
@@ -140,6 +143,7 @@ class LossConfig:
             text_weight=NON_NEGATIVE,
             subgoal_weight=NON_NEGATIVE,
             action_weight=NON_NEGATIVE,
+            vqa_weight=NON_NEGATIVE,
             subgoal_time_shift=POSITIVE,
             action_time_shift=POSITIVE,
         )
@@ -153,8 +157,13 @@ class LossConfig:
 
     @property
     def weights(self) -> dict[str, float]:
-        """Weight of each loss term, by the term's name (``text``, ``subgoal``, ``action``)."""
-        return {"text": self.text_weight, "subgoal": self.subgoal_weight, "action": self.action_weight}
+        """Weight of each loss term, by the term's name (``text``, ``subgoal``, ``action``, ``vqa``)."""
+        return {
+            "text": self.text_weight,
+            "subgoal": self.subgoal_weight,
+            "action": self.action_weight,
+            "vqa": self.vqa_weight,
+        }
 
     def to_dict(self) -> dict:
         """JSON-safe dictionary."""
@@ -181,6 +190,7 @@ _SUB_CONFIGS: tuple[tuple[str, type[_SubConfig], bool], ...] = (
     ("loss", LossConfig, False),
     ("subgoal_sampler", FlowSamplerConfig, False),
     ("action_sampler", FlowSamplerConfig, False),
+    ("memory", MemoryConfig, False),
 )
 
 
@@ -199,8 +209,8 @@ class EmCoTConfig(PretrainedConfig):
 
     Holds one :class:`ExpertConfig` per expert (``und``, ``gen``, ``act``), the vocabulary and
     RoPE settings shared by the backbone, and the sub-configs of the understanding-image
-    encoder (``vision``), the subgoal latent codec (``vae``), the action space, the losses and the
-    two flow samplers. Use :meth:`from_preset` for the named sizes.
+    encoder (``vision``), the subgoal latent codec (``vae``), the action space, the losses, the
+    two flow samplers and the optional memory systems (``memory``, off by default). Use :meth:`from_preset` for the named sizes.
     """
 
     model_type = "emcot"
@@ -222,6 +232,7 @@ class EmCoTConfig(PretrainedConfig):
         loss: LossConfig | dict | None = None,
         subgoal_sampler: FlowSamplerConfig | dict | None = None,
         action_sampler: FlowSamplerConfig | dict | None = None,
+        memory: MemoryConfig | dict | None = None,
         max_prompt_tokens: int = 2048,
         **kwargs,
     ) -> None:

@@ -44,6 +44,37 @@ class Observation:
             self.state = state
 
 
+@dataclass(frozen=True)
+class HistoryStep:
+    """One past policy step a memory-enabled policy reads (oldest first in a history).
+
+    ``frame``: the primary camera's uint8 (H, W, 3) image at that step; ``state``: the state then
+    (robot units, or None); ``actions``: the chunk executed from that step on, robot units
+    ``[n, action_dim]`` with n ≤ the policy's horizon (None when not recorded).
+    """
+
+    frame: np.ndarray
+    state: np.ndarray | None = None
+    actions: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        frame = self.frame
+        if (
+            not isinstance(frame, np.ndarray)
+            or frame.dtype != np.uint8
+            or frame.ndim != 3
+            or frame.shape[2] != 3
+        ):
+            raise ValueError(
+                "HistoryStep.frame must be a uint8 (H, W, 3) array, got "
+                f"{getattr(frame, 'dtype', type(frame).__name__)} {getattr(frame, 'shape', '')}"
+            )
+        if self.actions is not None and np.asarray(self.actions).ndim != 2:
+            raise ValueError(
+                f"HistoryStep.actions must be a [steps, action_dim] chunk, got shape {np.shape(self.actions)}"
+            )
+
+
 class SampleKind(str, Enum):
     """What a training sample teaches; the collator lays out each kind with its own encoder."""
 
@@ -66,7 +97,10 @@ class EmCoTSample:
     samples (``subgoal`` = the future frame to predict); ``kind`` says which. ``action_pad``
     (bool, one per action step) marks steps repeated past the episode end, which carry no loss;
     ``vae_context`` False leaves a generation sample's clean latent copies of its frames out.
-    ``metadata`` holds provenance (episode, frame …) and VQA ``turns``.
+    ``metadata`` holds provenance (episode, frame …) and VQA ``turns``. ``history`` holds the
+    episode's earlier steps, oldest first; the collator keeps those a memory-enabled model reads
+    (``config.memory``, :func:`emcot.memory.select_history`) and a model without memory none. VQA
+    samples with a history are video-QA, whose answers form the ``vqa`` loss term.
     """
 
     observation: Observation
@@ -79,8 +113,10 @@ class EmCoTSample:
     action_pad: np.ndarray | None = None
     vae_context: bool = True
     metadata: dict = field(default_factory=dict)
+    history: tuple[HistoryStep, ...] = ()
 
     def __post_init__(self) -> None:
+        self.history = tuple(self.history)
         self.kind = parse_choice(SampleKind, self.kind, "sample kind")
         stale = [key for key in _TYPED_METADATA if key in self.metadata]
         if stale:

@@ -5,7 +5,7 @@ API:
 - ``AgentSpec(policy="default", modes=("full",), replan=None, n_action_steps=None,
   camera_map=None, image_size=None, async_replan=False)`` — ``mode_names`` are the result columns
   (the trace modes for an emcot policy; ``("expert",)`` / ``("random",)`` otherwise).
-- ``AgentFactory(spec, env_config)`` — loads the policy once (one per worker), checks the adapter
+- ``AgentFactory(spec, env_config, bench=None)`` — (``bench``: the benchmark, default Meta-World) loads the policy once (one per worker), checks the adapter
   (``ValueError`` for cameras/state/actions the environment cannot feed) and answers
   ``env_cameras`` and ``make(task, mode, seed) -> Agent`` (a fresh session per episode, seeded with
   the episode's seed, so an episode never depends on which worker ran what before it).
@@ -19,9 +19,8 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from emcot.eval.adapters import BLIND_ADAPTER, EXPERT_ADAPTER, ObservationAdapter, adapter_for_policy
-from emcot.eval.envs.metaworld import ACTION_DIM, STATE_DIM, MetaWorldConfig
-from emcot.eval.envs.metaworld_tasks import CAMERAS
-from emcot.eval.policies import ExpertSession, RandomSession
+from emcot.eval.envs.benchmarks import Benchmark, EnvSettings, benchmark
+from emcot.eval.policies import RandomSession
 from emcot.eval.rollout import Agent
 from emcot.io_utils import check_fields
 from emcot.sequence.layouts import TraceMode
@@ -108,19 +107,20 @@ def _load_policy(name: str) -> EmCoTPolicy:
 class AgentFactory:
     """Builds the agents of one evaluation; the emcot policy is loaded once, here."""
 
-    def __init__(self, spec: AgentSpec, env_config: MetaWorldConfig) -> None:
+    def __init__(self, spec: AgentSpec, env_config: EnvSettings, bench: Benchmark | None = None) -> None:
         self.spec = spec
         self.env_config = env_config
+        self.bench = bench or benchmark("metaworld")
         self.policy: EmCoTPolicy | None = None
         self.adapter: ObservationAdapter = EXPERT_ADAPTER if spec.kind is PolicyKind.EXPERT else BLIND_ADAPTER
         if spec.kind is PolicyKind.EMCOT:
             self.policy = _load_policy(spec.policy)
             self.adapter = adapter_for_policy(
                 self.policy,
-                env_cameras=tuple(CAMERAS),
+                env_cameras=self.bench.cameras,
                 resolution=env_config.resolution,
-                state_dim=STATE_DIM,
-                action_dim=ACTION_DIM,
+                state_dim=self.bench.state_dim,
+                action_dim=self.bench.action_dim,
                 camera_map=None if spec.camera_map is None else dict(spec.camera_map),
                 image_size=spec.image_size,
             )
@@ -135,9 +135,11 @@ class AgentFactory:
         """A fresh agent for one episode of ``task`` under ``mode``, seeded with ``seed``."""
         kind = self.spec.kind
         if kind is PolicyKind.EXPERT:
-            return Agent(mode, ExpertSession(task), self.adapter)
+            return Agent(mode, self.bench.make_expert(task), self.adapter)
         if kind is PolicyKind.RANDOM:
-            session = RandomSession(ACTION_DIM, n_action_steps=self.spec.n_action_steps or 1, seed=seed)
+            session = RandomSession(
+                self.bench.action_dim, n_action_steps=self.spec.n_action_steps or 1, seed=seed
+            )
             return Agent(mode, session, self.adapter)
         from emcot.runtime.rules import DEFAULT_RULES
         from emcot.runtime.session import PolicySession

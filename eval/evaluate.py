@@ -9,8 +9,10 @@ load the policy once each.
 
 API:
 - ``EvalConfig(tasks, agent=AgentSpec(), episodes=10, seed=1000, resolution=128, max_steps=500,
-  workers=1, frame_every=20, render=False, fast_render=True)`` — ``render`` makes ``corner2`` render
-  for policies that need no pixels (expert, random), for recorded frames.
+  workers=1, frame_every=20, render=False, fast_render=True, benchmark="metaworld")`` — ``render``
+  makes the benchmark's ``render_camera`` (``corner2``) render for policies that need no pixels
+  (expert, random), for recorded frames; ``benchmark`` names one of
+  :data:`emcot.eval.envs.benchmarks.BENCHMARKS`.
 - ``evaluate(config, out, *, progress=True, max_new_episodes=None) -> EvalOutcome`` — writes
   ``results.json`` and ``results.md`` once every episode exists; ``max_new_episodes`` stops after
   that many new episodes (a planned interruption), leaving the results unwritten.
@@ -19,28 +21,27 @@ API:
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from emcot.eval.agents import AgentFactory, AgentSpec, PolicyKind
-from emcot.eval.envs.metaworld import RESOLUTION, MetaWorldConfig, MetaWorldEnv
-from emcot.eval.envs.metaworld_tasks import CAMERAS, DIFFICULTY, check_task, difficulty_of
+from emcot.eval.envs.base import Env
+from emcot.eval.envs.benchmarks import Benchmark, EnvSettings, benchmark
 from emcot.eval.envs.mujoco_gl import configure_gl
 from emcot.eval.metrics import EvalMetrics, compute_metrics
 from emcot.eval.records import EPISODE_FILE, EpisodeSummary
 from emcot.eval.rollout import RolloutConfig, run_episode
 from emcot.eval.tables import results_markdown
-from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, check_fields, read_json
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, Range, check_fields, read_json
 
 PROTOCOL_FILE = "protocol.json"
 RESULTS_FILE = "results.json"
@@ -49,7 +50,8 @@ RESULTS_MARKDOWN = "results.md"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One evaluation: which tasks, which policy, how many episodes from which seed, how rendered."""
+    """One evaluation: which benchmark and tasks, which policy, how many episodes from which seed,
+    how rendered."""
 
     tasks: tuple[str, ...]
     agent: AgentSpec = field(default_factory=AgentSpec)
@@ -61,6 +63,7 @@ class EvalConfig:
     frame_every: int = 20
     render: bool = False
     fast_render: bool = True
+    benchmark: str = "metaworld"
 
     def __post_init__(self) -> None:
         check_fields(
@@ -70,18 +73,22 @@ class EvalConfig:
             max_steps=AT_LEAST_ONE,
             workers=AT_LEAST_ONE,
             frame_every=NON_NEGATIVE,
-            resolution=RESOLUTION,
+            resolution=Range(ge=16, le=480),
         )
         if not self.tasks:
             raise ValueError("EvalConfig.tasks is empty; name tasks or a split (easy, mt10, …)")
-        for task in self.tasks:
-            check_task(task)
+        self.bench.expand_tasks(",".join(self.tasks))  # an unknown task fails here
 
-    def env_config(self, cameras: tuple[str, ...]) -> MetaWorldConfig:
+    @property
+    def bench(self) -> Benchmark:
+        """The benchmark's registered record."""
+        return benchmark(self.benchmark)
+
+    def env_config(self, cameras: tuple[str, ...]) -> EnvSettings:
         """The environment settings for a policy that reads ``cameras``."""
         if not cameras and self.render:
-            cameras = ("corner2",)
-        return MetaWorldConfig(
+            cameras = (self.bench.render_camera,)
+        return EnvSettings(
             resolution=self.resolution,
             cameras=cameras,
             max_steps=self.max_steps,
@@ -123,13 +130,9 @@ def episode_folder(out: Path, task: str, mode: str, episode: int) -> Path:
 def protocol_of(config: EvalConfig) -> dict[str, Any]:
     """What makes episodes comparable (a resumed run must match it); tasks and episode counts may grow."""
     agent = config.agent
-    try:
-        metaworld_version = importlib.metadata.version("metaworld")
-    except importlib.metadata.PackageNotFoundError:
-        metaworld_version = None
     protocol = {
-        "benchmark": "metaworld",
-        "metaworld": metaworld_version,
+        "benchmark": config.benchmark,
+        **config.bench.protocol(),
         "policy": agent.policy,
         "modes": list(agent.mode_names),
         "replan": agent.replan,
@@ -142,7 +145,6 @@ def protocol_of(config: EvalConfig) -> dict[str, Any]:
         "max_steps": config.max_steps,
         "stop_on_success": True,
         "fast_render": config.fast_render,
-        "camera": asdict(CAMERAS["corner2"]),
     }
     return json.loads(json.dumps(protocol))  # as it reads back from protocol.json (lists, not tuples)
 
@@ -186,15 +188,15 @@ class _Worker:
     def __init__(self, config: EvalConfig, out: Path, factory: AgentFactory | None = None) -> None:
         self.config = config
         self.out = out
-        self.factory = factory or AgentFactory(config.agent, config.env_config(()))
+        self.factory = factory or AgentFactory(config.agent, config.env_config(()), config.bench)
         self.env_config = config.env_config(self.factory.env_cameras)
-        self.env: MetaWorldEnv | None = None
+        self.env: Env | None = None
 
-    def env_for(self, task: str) -> MetaWorldEnv:
+    def env_for(self, task: str) -> Env:
         if self.env is None or self.env.task != task:
             if self.env is not None:
                 self.env.close()
-            self.env = MetaWorldEnv(task, self.env_config)
+            self.env = self.config.bench.make_env(task, self.env_config)
         return self.env
 
     def run(self, job: Job) -> EpisodeSummary:
@@ -291,7 +293,8 @@ def _pending(jobs: list[Job], out: Path) -> list[Job]:
 def _summarise(config: EvalConfig, out: Path, jobs: list[Job], protocol: dict[str, Any]) -> EvalMetrics:
     """Metrics over the saved episodes of ``jobs``; writes ``results.json`` and ``results.md``."""
     summaries = [EpisodeSummary.load(episode_folder(out, j.task, j.mode, j.episode)) for j in jobs]
-    metrics = compute_metrics(summaries, difficulty_of, bucket_order=DIFFICULTY)
+    bench = config.bench
+    metrics = compute_metrics(summaries, bench.bucket_of, bucket_order=bench.bucket_order)
     full_protocol = {**protocol, "tasks": list(config.tasks), "episodes": config.episodes}
     results = {**metrics.to_dict(), "protocol": full_protocol}
     _write_atomic(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
@@ -306,7 +309,7 @@ def evaluate(
     out = Path(out)
     protocol = protocol_of(config)
     # Built here first so a policy the environment cannot feed fails before any folder or worker exists.
-    factory: AgentFactory | None = AgentFactory(config.agent, config.env_config(()))
+    factory: AgentFactory | None = AgentFactory(config.agent, config.env_config(()), config.bench)
     _check_protocol(out, protocol)
     jobs = jobs_of(config)
     todo = _pending(jobs, out)
@@ -316,7 +319,9 @@ def evaluate(
     if config.workers > 1 and len(todo) > 1:
         factory = None  # each worker loads its own policy; free this copy
     ran = 0
-    bar = tqdm(total=len(jobs), initial=skipped, desc="eval metaworld", unit="ep", disable=not progress)
+    bar = tqdm(
+        total=len(jobs), initial=skipped, desc=f"eval {config.benchmark}", unit="ep", disable=not progress
+    )
     with bar:
         for summary in _run(config, out, todo, factory):
             ran += 1

@@ -21,7 +21,8 @@ LAYERS: list[tuple[str, int]] = [
     ("emcot.config", 2),
     ("emcot.presets", 2),
     ("emcot.sequence", 3),
-    ("emcot.memory", 3),  # plain torch; the backbone and the session will use it
+    ("emcot.memory.config", 1),  # a plain dataclass that EmCoTConfig holds
+    ("emcot.memory", 3),  # history segments and Top-K attention; the backbone and the session use it
     ("emcot.model", 4),
     ("emcot.inference", 5),
     ("emcot.policy", 6),

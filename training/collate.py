@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from emcot.io_utils import UNIT_INTERVAL, check_fields
+from emcot.memory.history import HistoryInputs, encode_history, select_history
 from emcot.model.inputs import SampleBatch
 from emcot.policy.processor import EmCoTProcessor
 from emcot.sequence.layouts import SampleLayout, TraceMode, generation_layout, trace_layout, vqa_layout
@@ -65,16 +66,17 @@ def vqa_turns(sample: EmCoTSample) -> list[tuple[str, str]]:
 
 @dataclass
 class _Encoded:
-    """One sample's layout and its inputs in plan order (``latent_refs``: per latent segment, an index into ``latents``)."""
+    """One sample's layout and its inputs in plan order (``latent_refs``: per latent segment, an
+    index into ``latents``; ``states``/``actions``/``pads``: one per state/action segment)."""
 
     layout: SampleLayout
     # Patches are None when only counting tokens (``encode=False``).
     vit: list[tuple[torch.Tensor | None, tuple[int, int]]] = field(default_factory=list)
-    state: torch.Tensor | None = None
+    states: list[torch.Tensor] = field(default_factory=list)
     latents: list[torch.Tensor] = field(default_factory=list)
     latent_refs: list[int] = field(default_factory=list)
-    action: torch.Tensor | None = None
-    pad: torch.Tensor | None = None
+    actions: list[torch.Tensor] = field(default_factory=list)
+    pads: list[torch.Tensor] = field(default_factory=list)
     drop: list[bool] = field(default_factory=list)
 
 
@@ -107,7 +109,12 @@ class SampleCollator:
         return self.latent_grid[0] * self.latent_grid[1]
 
     def layout_for(
-        self, sample: EmCoTSample, mode: TraceMode, vit_lengths: list[int], subgoal_vit: int
+        self,
+        sample: EmCoTSample,
+        mode: TraceMode,
+        vit_lengths: list[int],
+        subgoal_vit: int,
+        history: HistoryInputs | None = None,
     ) -> SampleLayout:
         """The sample's segments (the same function generation follows)."""
         proc = self.processor
@@ -122,6 +129,7 @@ class SampleCollator:
             subgoal_tokens=self.latent_tokens,
             subgoal_vit_tokens=subgoal_vit,
             horizon=proc.config.action.horizon,
+            history=history.segments if history is not None else (),
         )
 
     def num_tokens(self, sample: EmCoTSample) -> int:
@@ -162,6 +170,11 @@ class SampleCollator:
     def _vit(self, image: np.ndarray, encode: bool) -> tuple[torch.Tensor | None, tuple[int, int]]:
         return self.processor.vision(image) if encode else (None, self._grid(image))
 
+    def _history(self, sample: EmCoTSample, encode: bool) -> HistoryInputs:
+        """The past steps the model reads (``config.memory``) out of the sample's whole history."""
+        past = select_history(sample.history, self.processor.config.memory)
+        return encode_history(self.processor, past, sample.robot, encode=encode)
+
     def _encode(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool = True) -> _Encoded:
         return self._encoders[sample.kind](sample, rng, encode)
 
@@ -184,6 +197,7 @@ class SampleCollator:
         dropped = mode is TraceMode.REACTIVE and self.dropout.action_samples
         drop_text, drop_vit, _ = self.dropout.draw(rng if dropped else None)
         cameras = [] if drop_vit else proc.cameras
+        history = self._history(sample, encode)
         vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
         latents: list[torch.Tensor] = []
         subgoal_vit = None
@@ -197,29 +211,37 @@ class SampleCollator:
             mode,
             [h * w for _, (h, w) in vit],
             subgoal_vit[1][0] * subgoal_vit[1][1] if subgoal_vit else 0,
+            history,
         )
-        out = _Encoded(layout, vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
+        out = _Encoded(layout, history.vit + vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
         out.latent_refs = [0, 0] if mode.imagines else []
         out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
         if encode:
-            out.state = proc.encode_state(sample.observation, sample.robot)
-            out.action = proc.encode_actions(sample.actions, sample.robot)
-            out.pad = (
+            state = proc.encode_state(sample.observation, sample.robot)
+            out.states = history.states + ([state] if state is not None else [])
+            out.actions = history.actions + [proc.encode_actions(sample.actions, sample.robot)]
+            out.pads = history.pads + [
                 torch.as_tensor(sample.action_pad, dtype=torch.bool)
                 if sample.action_pad is not None
                 else torch.zeros(len(sample.actions), dtype=torch.bool)
-            )
+            ]
         return out
 
     def _encode_vqa(self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool) -> _Encoded:
         # VQA text is what the sample learns, so it is never dropped and ``rng`` goes unused.
         tok = self.processor.tokenizer
+        history = self._history(sample, encode)
         vit = [self._vit(image, encode) for image in sample.observation.images.values()]
         turns = [(tok.frame_question(q), tok.encode(a)) for q, a in vqa_turns(sample)]
         layout = vqa_layout(
-            vit_lengths=[h * w for _, (h, w) in vit], turns=turns, special=self.processor.special
+            vit_lengths=[h * w for _, (h, w) in vit],
+            turns=turns,
+            special=self.processor.special,
+            history=history.segments,
         )
-        return _Encoded(layout, vit, drop=[False] * len(layout.segments))
+        out = _Encoded(layout, history.vit + vit, drop=[False] * len(layout.segments))
+        out.states, out.actions, out.pads = history.states, history.actions, history.pads
+        return out
 
     def _encode_generation(
         self, sample: EmCoTSample, rng: np.random.Generator | None, encode: bool
@@ -257,6 +279,8 @@ class SampleCollator:
         flat_ids: list[int] = []
         loss_pos: list[int] = []
         loss_tgt: list[int] = []
+        vqa_pos: list[int] = []
+        vqa_tgt: list[int] = []
         drop: list[bool] = []
         offset = 0
         all_ids = (ids for e in encoded for ids in e.layout.text_ids)
@@ -265,8 +289,10 @@ class SampleCollator:
             if segment.modality is Modality.TEXT:
                 flat_ids += ids
                 if segment.loss:
-                    loss_pos += range(offset - 1, offset + segment.length - 1)
-                    loss_tgt += ids
+                    # video-QA answers form their own term (λ of L_IL + λ·L_VQA)
+                    pos, tgt = (vqa_pos, vqa_tgt) if segment.role == "video_answer" else (loss_pos, loss_tgt)
+                    pos += range(offset - 1, offset + segment.length - 1)
+                    tgt += ids
             drop += [dropped] * segment.length
             offset += segment.length
         latent_images: list[torch.Tensor] = []
@@ -275,9 +301,9 @@ class SampleCollator:
             latent_index += [len(latent_images) + r for r in e.latent_refs]
             latent_images += e.latents
         vit = [(p, g) for e in encoded for p, g in e.vit if p is not None]  # packing always encodes
-        states = [e.state for e in encoded if e.state is not None]
-        actions = [e.action for e in encoded if e.action is not None]
-        pads = [e.pad for e in encoded if e.pad is not None]  # set together with the action
+        states = [state for e in encoded for state in e.states]
+        actions = [chunk for e in encoded for chunk in e.actions]
+        pads = [pad for e in encoded for pad in e.pads]  # one per action chunk
         act = config.action
         image_hw = config.vae.image_size if config.vae is not None else (1, 1)
         return SampleBatch(
@@ -292,5 +318,7 @@ class SampleCollator:
             action_pad=torch.stack(pads) if pads else torch.zeros(0, act.horizon, dtype=torch.bool),
             text_loss_positions=torch.tensor(loss_pos, dtype=torch.long),
             text_loss_targets=torch.tensor(loss_tgt, dtype=torch.long),
+            vqa_loss_positions=torch.tensor(vqa_pos, dtype=torch.long),
+            vqa_loss_targets=torch.tensor(vqa_tgt, dtype=torch.long),
             key_drop=torch.tensor(drop, dtype=torch.bool) if any(drop) else None,
         )

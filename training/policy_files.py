@@ -30,6 +30,7 @@ class InitSource(str, Enum):
     """The named starting points of ``model.init``; any other value is the path of a saved policy."""
 
     SYNTHETIC = "synthetic"  # a fresh tiny policy with a tokenizer for the synthetic task
+    SYNTHETIC_CUE = "synthetic_cue"  # the same for the memory-dependent cue task (emcot.synthetic.cue)
     DEFAULT = "default"  # the bundled Meta-World policy
     COMPONENTS = "components"  # HALO's initialisation from the Qwen / SigLIP / VAE folders of the recipe
     FRESH = "fresh"  # random weights of model.preset, sized and tokenised for the recipe's LeRobot dataset
@@ -49,6 +50,14 @@ def _synthetic_policy(recipe: Recipe) -> EmCoTPolicy:
 
     seed = recipe.train.seed
     return build_synthetic_policy(synthetic_samples(16, seed=seed), seed=seed, **recipe.model.overrides)
+
+
+def _cue_policy(recipe: Recipe) -> EmCoTPolicy:
+    from emcot.synthetic.cue import build_cue_policy, cue_action_samples, cue_demos
+
+    seed = recipe.train.seed
+    samples = cue_action_samples(cue_demos(32, seed=seed))  # normalisation statistics only
+    return build_cue_policy(samples, seed=seed, **recipe.model.overrides)
 
 
 def _policy_from_components(recipe: Recipe) -> EmCoTPolicy:
@@ -212,6 +221,7 @@ def _pretrained_codec(folder: str, preset: VAEConfig | None) -> LatentCodec:
 
 _INITIAL_POLICIES: dict[InitSource, Callable[[Recipe], EmCoTPolicy]] = {
     InitSource.SYNTHETIC: _synthetic_policy,
+    InitSource.SYNTHETIC_CUE: _cue_policy,
     InitSource.DEFAULT: lambda recipe: EmCoTPolicy.default(),
     InitSource.COMPONENTS: _policy_from_components,
     InitSource.FRESH: _fresh_policy,

@@ -44,7 +44,7 @@ from emcot.training.policy_files import export_policy, prepare_initial_policy
 from emcot.training.recipes import Recipe
 from emcot.training.sharding import full_model_state, full_tensor, root_parameters, shard_module
 
-TERMS = ("text", "subgoal", "action")
+TERMS = ("text", "subgoal", "action", "vqa")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""``emcot eval metaworld``: closed-loop Meta-World evaluation of a policy, the scripted expert or
-random actions; parallel over processes, resumable, with per-task and per-bucket tables."""
+"""``emcot eval metaworld|synthetic-cue``: closed-loop evaluation of a policy, the scripted expert
+or random actions on Meta-World or on the memory-dependent cue task; parallel over processes,
+resumable, with per-task and per-bucket tables."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import argparse
 import json
 
 from emcot.cli.args import MODES, output_folder, positive_int, seed_number
-
-# Benchmarks ``emcot eval`` knows; each is a positional choice so more can join later.
-BENCHMARKS = ("metaworld",)
 
 
 def _camera_map(text: str) -> dict[str, str]:
@@ -39,7 +37,9 @@ def _non_negative_int(text: str) -> int:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` arguments to ``parser``."""
-    parser.add_argument("benchmark", choices=BENCHMARKS, help="the simulator benchmark to run")
+    from emcot.eval.envs.benchmarks import BENCHMARKS
+
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS), help="the benchmark to run")
     parser.add_argument(
         "--policy",
         default="default",
@@ -47,8 +47,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tasks",
-        help="easy|medium|hard|very_hard|mt10|mt50 or task,task,... (default: the tasks the policy's "
-        "card lists, else easy)",
+        help="Meta-World: easy|medium|hard|very_hard|mt10|mt50 or task,task,... (default: the tasks the "
+        "policy's card lists, else the benchmark's: easy, synthetic-cue)",
     )
     parser.add_argument("--episodes", type=positive_int, default=10, help="episodes per task and mode")
     parser.add_argument("--seed", type=seed_number, default=1000, help="episode i uses seed SEED + i")
@@ -66,8 +66,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--camera-map", type=_camera_map, help="ENV_CAMERA=POLICY_CAMERA,... e.g. corner2=head"
     )
     parser.add_argument("--image-size", type=positive_int, help="side the policy's images are resized to")
-    parser.add_argument("--resolution", type=positive_int, default=128, help="rendered frame side in px")
-    parser.add_argument("--max-steps", type=positive_int, default=500, help="env steps per episode")
+    parser.add_argument(
+        "--resolution", type=positive_int, help="rendered frame side in px (default 128; synthetic-cue 32)"
+    )
+    parser.add_argument(
+        "--max-steps", type=positive_int, help="env steps per episode (default 500; synthetic-cue 48)"
+    )
     parser.add_argument("--workers", type=positive_int, default=1, help="episodes run in parallel processes")
     parser.add_argument(
         "--frame-every", type=_non_negative_int, default=20, help="keep every k-th frame (0: none)"
@@ -86,8 +90,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Run (or resume) the evaluation, print the tables; 0 when every episode is done."""
     from emcot.eval.agents import AgentSpec, policy_card
-    from emcot.eval.envs.metaworld import require_metaworld
-    from emcot.eval.envs.metaworld_tasks import expand_tasks
+    from emcot.eval.envs.benchmarks import benchmark
     from emcot.eval.evaluate import RESULTS_FILE, EvalConfig, evaluate
     from emcot.eval.tables import results_table
 
@@ -100,24 +103,27 @@ def run_eval(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         async_replan=args.async_replan,
     )
+    bench = benchmark(args.benchmark)
     tasks = args.tasks
     if tasks is None:
         card = policy_card(args.policy)
-        tasks = ",".join(card.tasks) if card is not None and card.benchmark == args.benchmark else "easy"
+        own = card.tasks if card is not None and card.benchmark == args.benchmark else ()
+        tasks = ",".join(own) if own else bench.default_tasks
     config = EvalConfig(
-        tasks=tuple(expand_tasks(tasks)),
+        benchmark=args.benchmark,
+        tasks=tuple(bench.expand_tasks(tasks)),
         agent=agent,
         episodes=args.episodes,
         seed=args.seed,
-        resolution=args.resolution,
-        max_steps=args.max_steps,
+        resolution=args.resolution or bench.default_resolution,
+        max_steps=args.max_steps or bench.default_max_steps,
         workers=args.workers,
         frame_every=args.frame_every,
         render=args.render,
         fast_render=not args.no_fast_render,
     )
     try:
-        require_metaworld()  # a missing simulator is one line naming the extra, not a traceback
+        bench.require()  # a missing simulator is one line naming the extra, not a traceback
     except ImportError as err:
         raise ValueError(str(err)) from None
     outcome = evaluate(config, args.out, progress=not args.no_progress)

@@ -146,9 +146,10 @@ def no_image_context(
 ) -> tuple[SequencePlan, KVCache]:
     """A separate cache of ``plan`` without its segments of the roles ``drop`` (image guidance).
 
-    What remains must be text or state: it is embedded from ``text_ids`` and ``states`` alone.
+    What remains must be text or state: it is embedded from ``text_ids`` and ``states`` alone. The
+    segments of past steps (a memory-enabled model's history) are images too and always dropped.
     """
-    keep = [i for i, s in enumerate(plan.segments) if s.role not in drop]
+    keep = [i for i, s in enumerate(plan.segments) if s.role not in drop and not s.is_history]
     context = SequencePlan([plan.segments[i] for i in keep])
     ids = torch.tensor([t for i in keep for t in text_ids[i]], dtype=torch.long, device=model.device)
     embeds = model.embed(context, SegmentInputs(ids, states=states))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,13 +31,14 @@ from emcot.inference.plan import KeptPlan
 from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import check_value
+from emcot.memory.history import encode_history
 from emcot.model.embedding import require_latent_codec, require_subgoal
 from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample
-from emcot.model.inputs import SegmentInputs
+from emcot.model.inputs import FlowInput, SegmentInputs
 from emcot.model.sampling import next_token
 from emcot.sequence.layouts import TraceMode, observation_segments, prompt_ids, subgoal_segments, text
 from emcot.sequence.plan import SequencePlan
-from emcot.types import Observation
+from emcot.types import HistoryStep, Observation
 
 if TYPE_CHECKING:  # the processor is handed in; importing it would run policy → inference back
     from emcot.model.modeling import EmCoTModel
@@ -121,9 +122,15 @@ class TraceStages:
 
     @torch.no_grad()
     def prefill(
-        self, observation: Observation, instruction: str, options: GenerationOptions, seed: int | None
+        self,
+        observation: Observation,
+        instruction: str,
+        options: GenerationOptions,
+        seed: int | None,
+        *,
+        history: Sequence[HistoryStep] = (),
     ) -> TraceState:
-        """Validate the inputs and run the prefix (cameras, state, prompt) into a new cache."""
+        """Validate the inputs and run the prefix (history, cameras, state, prompt) into a new cache."""
         model, proc = self.model, self.proc
         if options.mode.imagines and model.config.vae is None:
             raise ValueError("mode='full' needs a model with a VAE; use mode='reason' or 'reactive'")
@@ -132,13 +139,20 @@ class TraceStages:
         framed = proc.frame_instruction(instruction)
         rng = seeded(seed)
         started = time.perf_counter()
+        past = encode_history(proc, history, options.robot)
         patches, grids = proc.encode_cameras(observation)
         robot_state = proc.encode_state(observation, options.robot)
         states = robot_state[None].to(model.device) if robot_state is not None else None
         prompt, ids = text(prompt_ids(framed, options.mode, proc.special), "prompt")
-        prefix = SequencePlan(observation_segments([h * w for h, w in grids], states is not None) + [prompt])
-        vit = model.encode_images(patches, grids)
-        embeds = model.embed(prefix, SegmentInputs(torch.tensor(ids), vit, states))
+        observed = observation_segments([h * w for h, w in grids], states is not None)
+        prefix = SequencePlan(past.segments + observed + [prompt])
+        vit = model.encode_images(
+            torch.cat([p for p, _ in past.vit if p is not None] + [patches]), [g for _, g in past.vit] + grids
+        )
+        state_rows = past.states + ([robot_state] if robot_state is not None else [])
+        flows = [FlowInput.clean(chunk.to(model.device, model.dtype)) for chunk in past.actions]
+        inputs = SegmentInputs(torch.tensor(ids), vit, torch.stack(state_rows) if state_rows else None, flows)
+        embeds = model.embed(prefix, inputs)
         return TraceState.prefilled(
             model,
             prefix,
@@ -241,11 +255,18 @@ class TraceStages:
         return subgoal
 
     def act_on_plan(
-        self, observation: Observation, plan: KeptPlan, options: GenerationOptions, seed: int | None
+        self,
+        observation: Observation,
+        plan: KeptPlan,
+        options: GenerationOptions,
+        seed: int | None,
+        *,
+        history: Sequence[HistoryStep] = (),
     ) -> tuple[Trace, TraceState]:
-        """A step that keeps ``plan``: prefill the new observation, :meth:`recall` the plan, act."""
+        """A step that keeps ``plan``: prefill the new observation (after ``history``), :meth:`recall`
+        the plan, act."""
         options = dataclasses.replace(options, mode=plan.mode)
-        state = self.prefill(observation, plan.instruction, options, seed)
+        state = self.prefill(observation, plan.instruction, options, seed, history=history)
         subgoal = self.recall(state, plan)
         actions = self.act(state, options)
         return self._trace(state, plan.mode, plan.reasoning, subgoal, actions), state
@@ -292,12 +313,18 @@ class TraceStages:
         return actions
 
     def stream_trace(
-        self, observation: Observation, instruction: str, options: GenerationOptions, seed: int | None
+        self,
+        observation: Observation,
+        instruction: str,
+        options: GenerationOptions,
+        seed: int | None,
+        *,
+        history: Sequence[HistoryStep] = (),
     ) -> Iterator[TraceEvent]:
         """prefill → reason → imagine → act as the mode asks, yielding events as soon as each piece
         exists; the final ``done`` event carries the :class:`Trace` and the finished state."""
         mode = options.mode
-        state = self.prefill(observation, instruction, options, seed)
+        state = self.prefill(observation, instruction, options, seed, history=history)
         reasoning = ""
         if mode.reasons:
             reasoning = yield from self.reason(state, options)

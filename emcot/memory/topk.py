@@ -6,16 +6,19 @@ those keys only, so they agree in the forward pass:
 
 - **training** (``training=True``): the selection is a hard 0/1 mask over all keys made
   differentiable with a straight-through estimator, ``mask_st = hard.detach() + p − p.detach()``
-  where ``p`` is the softmax over every allowed key; the forward sees exactly the hard mask, the
-  backward lets the gradient reach every score, chosen or not, so the model can learn which keys
+  where ``p`` is the softmax over every allowed competing key; the forward sees exactly the hard
+  mask, the backward lets the gradient reach every score, chosen or not, so the model can learn which keys
   to choose. Memory is that of full attention (``[B, H, Lq, Lk]`` weights).
 - **evaluation** (``training=False``): the ``top_k`` keys and values are gathered and the softmax
   and weighted sum run over ``[B, H, Lq, K]`` only; no gradient is meant to flow.
 
 A query with no allowed key gets a zero output (full attention would give NaN). With
-``top_k >= Lk`` both paths are ordinary masked softmax attention.
+``top_k >= Lk`` both paths are ordinary masked softmax attention. With ``candidates`` only the
+marked keys (a sequence's history) compete for the ``top_k`` places; the other allowed keys are
+always attended, in the same softmax.
 
-API: ``topk_attention(q, k, v, top_k, *, training, mask=None)``; ``full_attention(q, k, v, mask=None)``.
+API: ``topk_attention(q, k, v, top_k, *, training, mask=None, candidates=None)``;
+``full_attention(q, k, v, mask=None)``.
 """
 
 from __future__ import annotations
@@ -69,29 +72,54 @@ def topk_attention(
     *,
     training: bool,
     mask: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of ``q [B, H, Lq, d]`` over the ``top_k`` best keys of ``k/v [B, H, Lk, d]`` each
     (see the module docstring for the two paths); ``mask`` (bool, True = may attend) broadcasts to
-    ``[B, H, Lq, Lk]``. Returns ``[B, H, Lq, d]``."""
+    ``[B, H, Lq, Lk]``. ``candidates`` (bool, broadcasting like ``mask``; None = every key) marks
+    the keys that compete for the ``top_k`` places — the history keys of a sequence — while every
+    other allowed key is always attended. Returns ``[B, H, Lq, d]``."""
     _check(q, k, v, mask)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if candidates is not None and candidates.dtype != torch.bool:
+        raise ValueError(f"candidates must be boolean (True = competes for a place), got {candidates.dtype}")
     scores = _scores(q, k, mask)
-    if top_k >= k.shape[-2]:
+    lk = scores.shape[-1]
+    cand = torch.ones(lk, dtype=torch.bool, device=scores.device) if candidates is None else candidates
+    # Only the columns some query may choose among need the selection; the rest stay dense.
+    columns = cand.expand(*cand.shape[:-1], lk).reshape(-1, lk).any(0).nonzero().squeeze(1)
+    competing = int(cand.sum(-1).max())
+    if top_k >= competing:
         return torch.matmul(_softmax_rows(scores), v)
-    chosen = scores.topk(top_k, dim=-1).indices  # [B, H, Lq, K]
+    sub = scores.index_select(-1, columns)  # [B, H, Lq, C]
+    sub_cand = cand.index_select(-1, columns).expand_as(sub)
+    sub_scores = sub.masked_fill(~sub_cand, float("-inf"))
+    chosen = sub_scores.topk(top_k, dim=-1).indices  # [B, H, Lq, K], into the columns
     if training:
-        hard = torch.zeros_like(scores).scatter_(-1, chosen, 1.0)
-        hard = hard.masked_fill(torch.isneginf(scores), 0.0)  # a forbidden key is never chosen
-        soft = _softmax_rows(scores)
+        hard = torch.zeros_like(sub).scatter_(-1, chosen, 1.0)
+        hard = hard.masked_fill(torch.isneginf(sub_scores), 0.0)  # a forbidden key is never chosen
+        soft = _softmax_rows(sub_scores)  # p over the competing keys
         mask_st = hard.detach() + soft - soft.detach()  # forward: the hard mask; backward: through p
-        # the softmax over the chosen keys, written as a mask-weighted softmax so mask_st's gradient counts
-        weights = torch.exp(scores - scores.amax(-1, keepdim=True).clamp_min(-1e30).detach()) * mask_st
+        # a column that does not compete for some row (another padded row's history) is kept there
+        mask_st = torch.where(sub_cand, mask_st, torch.ones_like(mask_st))
+        keep = torch.ones_like(scores).index_copy(-1, columns, mask_st)
+        # the softmax over the kept keys, written as a mask-weighted softmax so mask_st's gradient counts
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True).clamp_min(-1e30).detach()) * keep
         weights = weights.masked_fill(torch.isneginf(scores), 0.0)
         total = weights.sum(-1, keepdim=True)
         return torch.matmul(weights / torch.where(total > 0, total, torch.ones_like(total)), v)
-    picked = scores.gather(-1, chosen)  # [B, H, Lq, K]
+    chosen = columns[chosen]  # back to key indices
+    cand_scores = scores.masked_fill(~cand.expand_as(scores), float("-inf"))
+    picked = cand_scores.gather(-1, chosen)  # [B, H, Lq, K]
     b, h, lq, kk = chosen.shape
     flat = chosen.reshape(b, h, lq * kk, 1).expand(b, h, lq * kk, v.shape[-1])
     values = v.gather(-2, flat).reshape(b, h, lq, kk, v.shape[-1])  # [B, H, Lq, K, d]
-    return torch.matmul(_softmax_rows(picked).unsqueeze(-2), values).squeeze(-2)
+    if candidates is None:
+        return torch.matmul(_softmax_rows(picked).unsqueeze(-2), values).squeeze(-2)
+    # one softmax over the always-attended keys and the chosen candidates together
+    fixed = scores.masked_fill(cand, float("-inf"))
+    weights = _softmax_rows(torch.cat([fixed, picked], dim=-1))
+    return torch.matmul(weights[..., :lk], v) + torch.matmul(weights[..., lk:].unsqueeze(-2), values).squeeze(
+        -2
+    )

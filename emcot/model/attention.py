@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emcot.config import AttentionBackend
+from emcot.memory.topk import topk_attention
 from emcot.sequence.plan import TokenLayout
 
 
@@ -156,6 +157,19 @@ BACKENDS: dict[AttentionBackend, BackendKernels] = {
 }
 
 
+@dataclass(frozen=True)
+class TopKHistoryMask:
+    """A dense mask with the keys Top-K history attention selects among (``config.memory.top_k``).
+
+    ``history``: bool per key ``[Lk]`` (or ``[B, Lk]`` for padded rows), True for tokens of past
+    steps. Every query keeps its ``top_k`` best allowed history keys and all its other allowed keys.
+    """
+
+    dense: torch.Tensor
+    history: torch.Tensor
+    top_k: int
+
+
 def make_mask(
     backend: AttentionBackend | str,
     layout: TokenLayout,
@@ -167,10 +181,24 @@ def make_mask(
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: AttentionBackend | str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask,
+    backend: AttentionBackend | str,
+    *,
+    training: bool = False,
 ) -> torch.Tensor:
-    """Grouped-query attention ``q [B, H, Lq, d]``, ``k/v [B, Hkv, Lk, d]`` → ``[B, Lq, H·d]``."""
+    """Grouped-query attention ``q [B, H, Lq, d]``, ``k/v [B, Hkv, Lk, d]`` → ``[B, Lq, H·d]``.
+
+    A :class:`TopKHistoryMask` runs Top-K history attention instead of the backend's kernel: the
+    straight-through path when ``training``, the hard gather otherwise."""
     groups = q.shape[1] // k.shape[1]
-    out = BACKENDS[AttentionBackend.parse(backend)].attend(q, k, v, mask, groups)
+    if isinstance(mask, TopKHistoryMask):
+        k, v, dense = _dense_inputs(k, v, mask.dense, groups)
+        history = mask.history[None, None, None] if mask.history.dim() == 1 else mask.history[:, None, None]
+        out = topk_attention(q, k, v, mask.top_k, training=training, mask=dense, candidates=history)
+    else:
+        out = BACKENDS[AttentionBackend.parse(backend)].attend(q, k, v, mask, groups)
     b, h, lq, d = out.shape
     return out.transpose(1, 2).reshape(b, lq, h * d)

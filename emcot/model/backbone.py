@@ -96,7 +96,8 @@ class MoTLayer(nn.Module):
             k, v = ctx.cache.extend(layer_index, k, v)
             if ctx.write_cache:
                 ctx.cache.store(layer_index, k, v)
-        attn = attend(q, k, v, ctx.mask, ctx.backend).reshape(b * seq, -1)
+        training = self.training and torch.is_grad_enabled()
+        attn = attend(q, k, v, ctx.mask, ctx.backend, training=training).reshape(b * seq, -1)
         parts = routing.map(
             torch.cat([flat, attn], dim=1),
             lambda name, t: self.block(name).finish(t[:, :hidden], t[:, hidden:]),

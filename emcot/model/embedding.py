@@ -85,4 +85,30 @@ def embed_plan(model: EmCoTModel, plan: SequencePlan, inputs: SegmentInputs) -> 
                 parts.append(require_subgoal(model).embed(x, t, model.latent_grid)[0])
             else:
                 parts.append(model.action.embed_actions(x, t)[0])
+    if model.state_aware is not None:
+        parts = _re_represent_states(model, plan, parts)
     return torch.cat(parts)[None]
+
+
+# The vision-language tokens a state token is re-represented against: its sample's current
+# cameras and prompt (history frames and generated parts are not "the scene now").
+_STATE_CONTEXT_ROLES = ("camera", "prompt")
+
+
+def _re_represent_states(
+    model: EmCoTModel, plan: SequencePlan, parts: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each current state token (role ``state``) through the state-aware re-representation."""
+    assert model.state_aware is not None
+    out = list(parts)
+    for i, (seg, sample) in enumerate(zip(plan.segments, plan.sample_ids, strict=True)):
+        if seg.role != "state":
+            continue
+        context = [
+            part
+            for part, other, other_sample in zip(parts, plan.segments, plan.sample_ids, strict=True)
+            if other_sample == sample and other.role in _STATE_CONTEXT_ROLES
+        ]
+        if context:
+            out[i] = model.state_aware(parts[i], torch.cat(context))
+    return out

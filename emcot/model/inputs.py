@@ -16,7 +16,8 @@ class SampleBatch:
 
     ``latent_image_index[j]`` names the row of ``latent_images`` shown by latent segment j (a
     noisy subgoal and its clean copy share one). ``text_loss_positions`` are the token positions
-    whose logits predict ``text_loss_targets``. ``key_drop`` (bool per token, or None) hides
+    whose logits predict ``text_loss_targets`` (``vqa_loss_*`` likewise for video-QA answers, the
+    ``vqa`` term). ``key_drop`` (bool per token, or None) hides
     condition tokens dropped for guidance training from every other segment.
     """
 
@@ -32,6 +33,8 @@ class SampleBatch:
     text_loss_positions: torch.Tensor
     text_loss_targets: torch.Tensor
     key_drop: torch.Tensor | None = None
+    vqa_loss_positions: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    vqa_loss_targets: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> SampleBatch:
         """Move tensors (casting floating ones to ``dtype`` when given)."""

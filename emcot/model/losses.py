@@ -1,4 +1,5 @@
-"""The teacher-forced training loss of a packed batch: cross-entropy, subgoal MSE and action L1."""
+"""The teacher-forced training loss of a packed batch: cross-entropy, subgoal MSE and action L1
+(and the video-QA cross-entropy ``vqa`` of memory-enabled models)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,9 @@ def _loss_sums(
     if batch.text_loss_positions.numel():
         logits = model.understanding.logits(hidden[batch.text_loss_positions])
         sums["text"], counts["text"] = model.understanding.loss(logits, batch.text_loss_targets)
+    if batch.vqa_loss_positions.numel():
+        logits = model.understanding.logits(hidden[batch.vqa_loss_positions])
+        sums["vqa"], counts["vqa"] = model.understanding.loss(logits, batch.vqa_loss_targets)
     flow_i = action_i = 0
     for seg, start in zip(plan.segments, plan.offsets(), strict=True):
         if seg.modality not in (Modality.LATENT, Modality.ACTION):
@@ -193,6 +197,8 @@ def loss_counts(config: EmCoTConfig, batch: SampleBatch) -> dict[str, int]:
     counts: dict[str, int] = {}
     if batch.text_loss_targets.numel():
         counts["text"] = int(batch.text_loss_targets.numel())
+    if batch.vqa_loss_targets.numel():
+        counts["vqa"] = int(batch.vqa_loss_targets.numel())
     action_i = 0
     for seg in batch.plan.segments:
         if seg.modality is Modality.ACTION:

@@ -17,9 +17,10 @@ from emcot.experts.action import ActionIO
 from emcot.experts.block import RMSNorm
 from emcot.experts.embeddings import is_zero_init, zero_init
 from emcot.experts.generation import SubgoalIO
+from emcot.experts.state_aware import StateAwareReRepresentation
 from emcot.experts.understanding import UnderstandingIO
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
-from emcot.model.attention import BACKENDS, KVCache, make_mask
+from emcot.model.attention import BACKENDS, KVCache, TopKHistoryMask, make_mask
 from emcot.model.backbone import MoTBackbone, PreparedQuery
 from emcot.model.embedding import embed_plan, encode_images
 from emcot.model.inputs import LossOutput, SampleBatch, SegmentInputs
@@ -75,6 +76,12 @@ class EmCoTModel(PreTrainedModel):
             self.subgoal = SubgoalIO(config.latent_token_dim, hidden, config.timestep_frequency_dim)
         self.action = ActionIO(
             config.action.action_dim, config.action.state_dim, hidden, config.timestep_frequency_dim
+        )
+        # Optional (config.memory.state_aware); absent otherwise, so such a model is today's exactly.
+        self.state_aware = (
+            StateAwareReRepresentation(hidden, config.memory.state_aware_rank)
+            if config.memory.state_aware
+            else None
         )
         self.post_init()
 
@@ -175,11 +182,20 @@ class EmCoTModel(PreTrainedModel):
         """
         device = device if device is not None else self.device
         layout = plan.layout(device)
+        mask = make_mask(self.attention_backend, layout, query_start, key_drop)
+        top_k = self.config.memory.top_k
+        if top_k and bool(layout.history.any()):
+            if not BACKENDS[self.attention_backend].per_row_masks:
+                raise ValueError(
+                    "Top-K history attention (config.memory.top_k) needs a dense mask; "
+                    f"use the sdpa or eager attention backend, not {self.attention_backend.value}"
+                )
+            mask = TopKHistoryMask(mask, layout.history, top_k)
         return PreparedQuery(
             query_start=query_start,
             experts=layout.expert[query_start:],
             positions=plan.positions(device)[query_start:],
-            mask=make_mask(self.attention_backend, layout, query_start, key_drop),
+            mask=mask,
         )
 
     def run_prepared(

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from emcot.policy.card import PolicyCard
 from emcot.policy.folder import check_save_target, replace_folder
 from emcot.policy.processor import EmCoTProcessor
 from emcot.sequence.layouts import TraceMode
-from emcot.types import Observation
+from emcot.types import HistoryStep, Observation
 
 GENERATION_FILE = "generation_config.json"
 _ASSETS = Path(__file__).parents[1] / "assets"
@@ -91,6 +91,8 @@ class EmCoTPolicy:
         instruction: str,
         mode: TraceMode | str | None = None,
         seed: int | None = None,
+        *,
+        history: Sequence[HistoryStep] = (),
         **options,
     ) -> Trace:
         """One control step: reasoning text, subgoal image (``mode="full"``) and an action chunk.
@@ -100,8 +102,12 @@ class EmCoTPolicy:
         :class:`GenerationOptions` (e.g. ``subgoal_steps``, ``text_guidance``,
         ``action_text_guidance``, ``max_reasoning_tokens``, ``robot``). The same ``seed`` gives the
         same trace; ``trace.layout`` and ``trace.subgoal_latents`` keep the step's plan.
+        ``history`` (oldest first, see :func:`emcot.memory.select_history`) is what a memory-enabled
+        policy (``config.memory``) remembers of earlier steps; a :class:`PolicySession` keeps it.
         """
-        for event in self.stream_trace(observation, instruction, mode=mode, seed=seed, **options):
+        for event in self.stream_trace(
+            observation, instruction, mode=mode, seed=seed, history=history, **options
+        ):
             if event.kind == "done" and event.trace is not None:
                 return event.trace
         raise RuntimeError("trace generation ended without a result")
@@ -112,6 +118,8 @@ class EmCoTPolicy:
         instruction: str,
         mode: TraceMode | str | None = None,
         seed: int | None = None,
+        *,
+        history: Sequence[HistoryStep] = (),
         **options,
     ) -> Iterator[TraceEvent]:
         """Like :meth:`generate_trace`, yielding ``reasoning`` text pieces, the ``subgoal``, the
@@ -120,16 +128,22 @@ class EmCoTPolicy:
         if mode is not None:
             options["mode"] = mode
         opts = self.generation.replace(**options)
-        return self._stages.stream_trace(observation, instruction, opts, seed)
+        return self._stages.stream_trace(observation, instruction, opts, seed, history=history)
 
     def act_on_plan(
-        self, observation: Observation, plan: KeptPlan, seed: int | None = None, **options
+        self,
+        observation: Observation,
+        plan: KeptPlan,
+        seed: int | None = None,
+        *,
+        history: Sequence[HistoryStep] = (),
+        **options,
     ) -> tuple[Trace, TraceState]:
         """One step that keeps ``plan`` (a :class:`KeptPlan` of an earlier step): the new observation
         is prefilled, the plan's reasoning and subgoal are teacher-forced as clean segments (the
         training layout), and only the action flow runs. Returns the trace and its final state."""
         opts = self.generation.replace(**options)
-        return self._stages.act_on_plan(observation, plan, opts, seed)
+        return self._stages.act_on_plan(observation, plan, opts, seed, history=history)
 
     @torch.no_grad()
     def image_latents(self, image: np.ndarray) -> torch.Tensor:

@@ -20,11 +20,12 @@ import numpy as np
 from emcot.inference.plan import KeptPlan
 from emcot.inference.trace import Trace
 from emcot.io_utils import check_value
+from emcot.memory.history import HistoryBuffer
 from emcot.policy.policy import EmCoTPolicy
 from emcot.runtime.calibration import latent_distance
 from emcot.runtime.rules import DEFAULT_RULES, ReplanRule, StepContext
 from emcot.sequence.layouts import TraceMode
-from emcot.types import Observation
+from emcot.types import HistoryStep, Observation
 
 
 @dataclass
@@ -52,6 +53,7 @@ class _PlanRequest:
     instruction: str
     seed: int | None
     step: int
+    history: tuple[HistoryStep, ...] = ()
 
 
 class PolicySession:
@@ -63,6 +65,10 @@ class PolicySession:
     repeats itself bit for bit. ``async_replan``: think in a background thread (one per session)
     and act on the newest finished plan meanwhile; an asynchronous session is as deterministic as
     the thread's timing, so use ``close()`` (or ``with``) to stop the thread.
+
+    A memory-enabled policy (``config.memory.history_length`` > 0) reads the episode so far: the
+    session records every step's frame of the primary camera, state and executed actions in a
+    bounded :class:`~emcot.memory.HistoryBuffer` and hands the selected steps to every trace.
     """
 
     def __init__(
@@ -97,6 +103,14 @@ class PolicySession:
         self._worker: ThreadPoolExecutor | None = None
         self._thinking: Future[KeptPlan] | None = None
         self._lock = threading.Lock()
+        memory = policy.config.memory
+        self.history = HistoryBuffer(memory)
+        self._history_camera = memory.history_camera or policy.cameras[0]
+        if memory.uses_history and self._history_camera not in policy.cameras:
+            raise ValueError(
+                f"config.memory.history_camera '{memory.history_camera}' is not one of the policy's "
+                f"cameras {policy.cameras}"
+            )
 
     def reset(self, instruction: str) -> None:
         """Start an episode: forget the plan (and any plan still being thought) and the step count."""
@@ -106,6 +120,7 @@ class PolicySession:
         self.plan = None
         self.steps = 0
         self._requested = False
+        self.history.clear()
 
     def close(self) -> None:
         """Stop the background thinking thread (asynchronous sessions); the session stays usable."""
@@ -159,19 +174,23 @@ class PolicySession:
         started = time.perf_counter()
         swapped = self._swap_in_finished_plan()
         reason = None if self.thinking else self._reason_to_replan(observation)
+        history = self.history.current()
         if reason is not None and (self.plan is None or not self.async_replan):
-            trace, state = self._plan_step(observation, self.instruction, seed)
+            trace, state = self._plan_step(
+                _PlanRequest(observation, self.instruction, seed, self.steps, history)
+            )
             self._keep(KeptPlan.from_step(trace, state, made_at=self.steps))
             replanned = True
         else:
             if reason is not None:
-                self._think(_PlanRequest(observation, self.instruction, seed, self.steps))
+                self._think(_PlanRequest(observation, self.instruction, seed, self.steps, history))
             assert self.plan is not None
-            trace, _ = self.policy.act_on_plan(observation, self.plan, seed=seed)
+            trace, _ = self.policy.act_on_plan(observation, self.plan, seed=seed, history=history)
             replanned = swapped
         timings = {**trace.timings, "step": time.perf_counter() - started}
         self.steps += 1
         actions = trace.actions if self.n_action_steps is None else trace.actions[: self.n_action_steps]
+        self.history.push(HistoryStep(observation.images[self._history_camera], observation.state, actions))
         return StepResult(actions, replanned, reason, trace, timings, self.plan_id)
 
     def _keep(self, plan: KeptPlan) -> None:
@@ -179,8 +198,15 @@ class PolicySession:
         self.plan_id += 1
         self._requested = False
 
-    def _plan_step(self, observation: Observation, instruction: str, seed: int | None):
-        for event in self.policy.stream_trace(observation, instruction, mode=self.mode, seed=seed):
+    def _plan_step(self, request: _PlanRequest):
+        events = self.policy.stream_trace(
+            request.observation,
+            request.instruction,
+            mode=self.mode,
+            seed=request.seed,
+            history=request.history,
+        )
+        for event in events:
             if event.kind == "done" and event.trace is not None and event.state is not None:
                 return event.trace, event.state
         raise RuntimeError("trace generation ended without a result")
@@ -194,7 +220,7 @@ class PolicySession:
         self._requested = False
 
     def _plan_in_background(self, request: _PlanRequest) -> KeptPlan:
-        trace, state = self._plan_step(request.observation, request.instruction, request.seed)
+        trace, state = self._plan_step(request)
         return KeptPlan.from_step(trace, state, made_at=request.step)
 
     def _swap_in_finished_plan(self) -> bool:

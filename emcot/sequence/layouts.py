@@ -10,13 +10,15 @@ A trace sample is laid out as::
 same functions stage by stage, so its final plan equals the teacher-forced one segment by segment.
 
 Two more sample kinds share the pieces: VQA (``[image vit…] [question] [answer <|endoftext|>]…``,
-one question/answer pair per turn) and visual generation (``[frame vit…] [frame clean latents…]
+one question/answer pair per turn; with a history, video-QA whose answers carry the role
+``video_answer``) and visual generation (``[frame vit…] [frame clean latents…]
 [prompt] [<|vision_start|>] [target noisy]``: the noisy target is the same segment a trace's subgoal
 uses, so future-frame prediction trains exactly what subgoal imagination runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -107,10 +109,13 @@ def trace_layout(
     subgoal_vit_tokens: int,
     horizon: int,
     text_loss: bool = True,
+    history: Sequence[Segment] = (),
 ) -> SampleLayout:
-    """The complete layout of a trace; training uses it whole, generation reaches the same one."""
+    """The complete layout of a trace; training uses it whole, generation reaches the same one.
+
+    ``history`` (:func:`emcot.memory.history_segments`) comes first, before the cameras."""
     mode = TraceMode.parse(mode)
-    segments: list[Segment] = observation_segments(vit_lengths, has_state)
+    segments: list[Segment] = list(history) + observation_segments(vit_lengths, has_state)
     ids: list[list[int]] = [[] for _ in segments]
 
     def add(segment: Segment, tokens: list[int] | None = None) -> None:
@@ -142,16 +147,21 @@ def vqa_layout(
     turns: list[tuple[list[int], list[int]]],
     special: SpecialTokenIds,
     answer_loss: bool = True,
+    history: Sequence[Segment] = (),
 ) -> SampleLayout:
-    """Images, then per turn a framed question (no loss) and its answer closed by EOS (cross-entropy)."""
+    """Images, then per turn a framed question (no loss) and its answer closed by EOS (cross-entropy).
+
+    With a ``history`` first (video-QA about past steps), the answers take the role
+    ``video_answer``, the ``vqa`` loss term."""
     if not turns:
         raise ValueError("a VQA sample needs at least one (question, answer) turn")
-    segments = [Segment(Modality.VIT, AttnMode.FULL, n, False, "image") for n in vit_lengths]
+    answer_role = "video_answer" if history else "answer"
+    segments = list(history) + [Segment(Modality.VIT, AttnMode.FULL, n, False, "image") for n in vit_lengths]
     ids: list[list[int]] = [[] for _ in segments]
     for question, answer in turns:
         for segment, tokens in (
             text(question, "question"),
-            text(list(answer) + [special.eos], "answer", loss=answer_loss),
+            text(list(answer) + [special.eos], answer_role, loss=answer_loss),
         ):
             segments.append(segment)
             ids.append(tokens)

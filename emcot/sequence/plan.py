@@ -36,6 +36,10 @@ class AttnMode(str, Enum):
     NOISE = "noise"
 
 
+# Segments of past steps (a memory-enabled model's history) carry roles with this prefix; Top-K
+# history attention selects among their keys.
+HISTORY_ROLE_PREFIX = "history_"
+
 EXPERT_OF_MODALITY = {
     Modality.TEXT: "und",
     Modality.VIT: "und",
@@ -71,6 +75,11 @@ class Segment:
     def expert(self) -> str:
         """Name of the expert that processes this segment's tokens."""
         return EXPERT_OF_MODALITY[self.modality]
+
+    @property
+    def is_history(self) -> bool:
+        """Whether the segment holds a past step (a history frame, state or action chunk)."""
+        return self.role.startswith(HISTORY_ROLE_PREFIX)
 
 
 @dataclass
@@ -132,7 +141,7 @@ class TokenLayout:
     """Token-level view of a plan: everything the mask rule and the expert routing need.
 
     All tensors are 1-D over tokens. ``segment`` indices increase along the sequence, so
-    "comes earlier" is a comparison of segment indices.
+    "comes earlier" is a comparison of segment indices. ``history`` marks the tokens of past steps.
     """
 
     sample: torch.Tensor
@@ -140,6 +149,7 @@ class TokenLayout:
     bidirectional: torch.Tensor
     noise: torch.Tensor
     expert: torch.Tensor
+    history: torch.Tensor
 
     @classmethod
     def from_segments(
@@ -157,6 +167,7 @@ class TokenLayout:
             bidirectional=expand([s.mode is not AttnMode.CAUSAL for s in segments]),
             noise=expand([s.mode is AttnMode.NOISE for s in segments]),
             expert=expand([EXPERT_NAMES.index(s.expert) for s in segments]),
+            history=expand([s.is_history for s in segments]),
         )
 
     def __len__(self) -> int:

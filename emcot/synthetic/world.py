@@ -42,6 +42,25 @@ def render(cfg: SyntheticConfig, color: str, block_xy, gripper_xy) -> np.ndarray
     return image
 
 
+def _toward(current: np.ndarray, target: np.ndarray, limit: float) -> np.ndarray:
+    delta = target - current
+    distance = float(np.linalg.norm(delta))
+    return target if distance <= limit else current + delta * (limit / distance)
+
+
+def push_step(
+    gripper: np.ndarray, block: np.ndarray, target: np.ndarray, *, max_move: float, contact: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the world's dynamics: the gripper moves toward ``target[:2]`` (at most
+    ``max_move``); the block moves toward ``target[2:]`` only if the gripper touched it (within
+    ``contact`` of its centre) as the step began. Returns the new (gripper, block)."""
+    target = np.clip(np.asarray(target, np.float32), 0.0, 1.0)
+    touching = float(np.linalg.norm(gripper - block)) <= contact
+    new_gripper = _toward(gripper, target[:2], max_move).astype(np.float32)
+    new_block = _toward(block, target[2:], max_move).astype(np.float32) if touching else block
+    return new_gripper, new_block
+
+
 def where(xy) -> str:
     """Coarse words for a position."""
     col = "left" if xy[0] < 0.4 else "right" if xy[0] > 0.6 else "middle"
@@ -136,9 +155,15 @@ def norm_stats_of(samples: list[EmCoTSample], robot: str = "synthetic"):
 
 
 def build_synthetic_policy(
-    samples: list[EmCoTSample], cfg: SyntheticConfig | None = None, seed: int = 0, **overrides
+    samples: list[EmCoTSample],
+    cfg: SyntheticConfig | None = None,
+    seed: int = 0,
+    *,
+    corpus: list[str] | None = None,
+    **overrides,
 ):
-    """A fresh tiny policy (random weights) sized for the synthetic task, with its own tokenizer."""
+    """A fresh tiny policy (random weights) sized for the synthetic task, with its own tokenizer
+    (trained on ``corpus``, default :func:`synthetic_corpus`); ``overrides`` go to the config."""
     import torch
 
     from emcot.config import EmCoTConfig
@@ -149,7 +174,7 @@ def build_synthetic_policy(
     from emcot.tokenizers.text import SentencePieceTextTokenizer
 
     cfg = cfg or SyntheticConfig()
-    tokenizer = SentencePieceTextTokenizer.train(synthetic_corpus(cfg), vocab_size=320)
+    tokenizer = SentencePieceTextTokenizer.train(corpus or synthetic_corpus(cfg), vocab_size=320)
     torch.manual_seed(seed)
     config = EmCoTConfig.from_preset(
         "tiny",

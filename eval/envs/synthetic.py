@@ -22,7 +22,7 @@ import numpy as np
 
 from emcot.eval.envs.base import EnvObservation, StepOutcome
 from emcot.io_utils import AT_LEAST_ONE, check_fields
-from emcot.synthetic.world import COLORS, SIDES, SyntheticConfig, render
+from emcot.synthetic.world import COLORS, SIDES, SyntheticConfig, push_step, render
 
 TASK = "synthetic-push"
 ACTION_DIM = 4
@@ -43,12 +43,6 @@ class SyntheticPushConfig:
         for name in ("max_move", "contact", "tolerance"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"SyntheticPushConfig.{name} must lie in (0, 1], got {getattr(self, name)}")
-
-
-def _toward(current: np.ndarray, target: np.ndarray, limit: float) -> np.ndarray:
-    delta = target - current
-    distance = float(np.linalg.norm(delta))
-    return target if distance <= limit else current + delta * (limit / distance)
 
 
 class SyntheticPushEnv:
@@ -105,12 +99,9 @@ class SyntheticPushEnv:
             raise ValueError(
                 f"synthetic actions are 4 finite numbers (gripper xy, block xy), got {np.shape(action)}"
             )
-        target = np.clip(vector, 0.0, 1.0)
-        limit = self.config.max_move
-        touching = float(np.linalg.norm(self.gripper - self.block)) <= self.config.contact
-        self.gripper = _toward(self.gripper, target[:2], limit).astype(np.float32)
-        if touching:
-            self.block = _toward(self.block, target[2:], limit).astype(np.float32)
+        self.gripper, self.block = push_step(
+            self.gripper, self.block, vector, max_move=self.config.max_move, contact=self.config.contact
+        )
         self._steps += 1
         solved = self._solved()
         self._success = self._success or solved

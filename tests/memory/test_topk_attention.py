@@ -92,3 +92,22 @@ def test_a_query_with_no_allowed_key_gets_zeros_and_bad_input_is_refused():
         topk_attention(q, k[..., :4], v, 2, training=False)
     with pytest.raises(ValueError, match=r"q \[B, H, Lq, d\]"):
         topk_attention(q[0], k, v, 2, training=False)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_candidates_compete_and_other_allowed_keys_are_always_kept(training):
+    torch.manual_seed(3)
+    q, k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
+    mask = torch.rand(2, 1, 5, 12) > 0.2
+    candidates = torch.zeros(12, dtype=torch.bool)
+    candidates[:7] = True  # the history keys
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5
+    history_scores = scores.masked_fill(~mask | ~candidates, float("-inf"))
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, history_scores.topk(3).indices, True)
+    keep = (chosen & ~torch.isneginf(history_scores)) | (mask & ~candidates)
+    got = topk_attention(q, k, v, 3, training=training, mask=mask, candidates=candidates)
+    torch.testing.assert_close(got, full_attention(q, k, v, keep), rtol=0, atol=1e-6)
+    covering = topk_attention(q, k, v, 7, training=training, mask=mask, candidates=candidates)
+    torch.testing.assert_close(covering, full_attention(q, k, v, mask), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="candidates must be boolean"):
+        topk_attention(q, k, v, 3, training=training, candidates=candidates.float())

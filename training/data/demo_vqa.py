@@ -7,6 +7,11 @@ what the task is, and — from the simulator's ``sim.*`` columns — whether the
 gripper is near it or the task is done. With an annotation sidecar the current sub-task answers
 "what should the robot do next?". A sample shows one camera frame (VQA samples carry no state, so
 the answer has to be read from the image) and asks ``turns`` of the questions that frame can answer.
+
+With ``history`` on, every sample also carries the episode's earlier anchors (frame, state and the
+actions recorded until the next anchor) and the video-QA questions about them join in: where the
+gripper was when the episode began, and whether the object has been held yet (``sim.grasp_success``
+at any earlier frame). Their answers need the history, and form the ``vqa`` loss term.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, check_fields
 from emcot.training.annotation.annotations import EpisodeAnnotation, read_annotations
 from emcot.training.data.lerobot import LeRobotDataset, LeRobotEpisode
-from emcot.types import EmCoTSample, Observation, SampleKind
+from emcot.types import EmCoTSample, HistoryStep, Observation, SampleKind
 
 SIM = "sim."
 # Meta-World's hand xyz: x runs left → right, y away from the robot's base, z up.
@@ -38,24 +43,41 @@ class Question(str, Enum):
     HOLDING = "holding"
     NEAR_OBJECT = "near_object"
     DONE = "done"
+    START_PLACE = "start_place"  # video-QA: needs the history
+    HELD_BEFORE = "held_before"  # video-QA: needs the history
 
 
 @dataclass(frozen=True)
 class FrameFacts:
-    """What the recording says about one frame: xyz in [0, 1] of the workspace, opening, signals, sub-task."""
+    """What the recording says about one frame: xyz in [0, 1] of the workspace, opening, signals,
+    sub-task; with a history, the place at the episode's first frame and whether the object was held
+    at any frame so far."""
 
     instruction: str
     place: np.ndarray | None
     open: bool | None
     signals: dict[str, float]
     subtask: str | None
+    start_place: np.ndarray | None = None
+    held_before: bool | None = None
+
+
+def _place_words(place: np.ndarray) -> list[str]:
+    return [names[min(2, int(v * 3))] for names, v in zip(_AXIS_WORDS, place)]
 
 
 def _place(facts: FrameFacts) -> str | None:
     if facts.place is None:
         return None
-    words = [names[min(2, int(v * 3))] for names, v in zip(_AXIS_WORDS, facts.place)]
+    words = _place_words(facts.place)
     return f"The gripper is {words[2]}, {words[0]} and {words[1]}."
+
+
+def _start_place(facts: FrameFacts) -> str | None:
+    if facts.start_place is None:
+        return None
+    words = _place_words(facts.start_place)
+    return f"At the start the gripper was {words[2]}, {words[0]} and {words[1]}."
 
 
 # The sim column (without the prefix) each yes/no question reads.
@@ -99,6 +121,15 @@ QUESTIONS: dict[Question, tuple[str, Callable[[FrameFacts], str | None]]] = {
         "Is the task done?",
         _flag(_SIGNALS[Question.DONE], "Yes, the task is done.", "No, the task is not done yet."),
     ),
+    Question.START_PLACE: ("Where was the gripper when the episode began?", _start_place),
+    Question.HELD_BEFORE: (
+        "Has the robot held the object yet?",
+        lambda f: (
+            None
+            if f.held_before is None
+            else ("Yes, it has held the object." if f.held_before else "No, it has not held the object yet.")
+        ),
+    ),
 }
 
 
@@ -111,6 +142,13 @@ def vqa_corpus() -> list[str]:
         for x in _AXIS_WORDS[0]
         for y in _AXIS_WORDS[1]
     ]
+    texts += [
+        f"At the start the gripper was {z}, {x} and {y}."
+        for z in _AXIS_WORDS[2]
+        for x in _AXIS_WORDS[0]
+        for y in _AXIS_WORDS[1]
+    ]
+    texts += ["Yes, it has held the object.", "No, it has not held the object yet."]
     texts += ["The gripper is open.", "The gripper is closed."]
     for question in (Question.HOLDING, Question.NEAR_OBJECT, Question.DONE):
         answer = QUESTIONS[question][1]
@@ -128,6 +166,7 @@ class DemoVQAConfig:
     ``questions`` that the frame can answer. ``workspace_low``/``workspace_high`` bound the xyz that
     the place words divide into thirds (None: the dataset's ``observation.state`` min/max);
     the gripper counts as open above ``open_above`` (None: the middle of the opening's range).
+    ``history``: attach the earlier anchors and ask the video-QA questions too.
     """
 
     camera: str | None = None
@@ -138,6 +177,7 @@ class DemoVQAConfig:
     workspace_low: tuple[float, float, float] | None = None
     workspace_high: tuple[float, float, float] | None = None
     open_above: float | None = None
+    history: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -212,7 +252,24 @@ class DemoVQADataset:
         subtask = None
         if annotation is not None and annotation.status == "ok" and annotation.num_frames == len(episode):
             subtask = annotation.subtasks[annotation.subtask_index_at(t)].text
-        return FrameFacts(episode.instruction, place, opening, signals, subtask)
+        start_place = held_before = None
+        if self.config.history and t > 0:
+            start_place = self.facts(episode, 0).place
+            held = episode.columns(SIM).get(SIM + _SIGNALS[Question.HOLDING])
+            held_before = None if held is None else bool((np.asarray(held[: t + 1]) > 0.5).any())
+        return FrameFacts(episode.instruction, place, opening, signals, subtask, start_place, held_before)
+
+    def history(self, episode: LeRobotEpisode, t: int) -> tuple[HistoryStep, ...]:
+        """The anchors before frame ``t`` (every ``stride`` frames), oldest first."""
+        stride, frames = self.config.stride, episode.images(self.camera)
+        return tuple(
+            HistoryStep(
+                frames[a],
+                None if episode.states is None else episode.states[a],
+                None if episode.actions is None else episode.actions[a : a + stride],
+            )
+            for a in range(0, t, stride)
+        )
 
     def __getitem__(self, i: int) -> EmCoTSample:
         episode_index, t = self.index[i]
@@ -234,4 +291,5 @@ class DemoVQADataset:
             robot=self.dataset.name,
             kind=SampleKind.VQA,
             metadata={"turns": picked, "episode": episode_index, "frame": t},
+            history=self.history(episode, t) if self.config.history else (),
         )

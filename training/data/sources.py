@@ -144,6 +144,31 @@ def _synthetic_robot(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     )
 
 
+def _cue_demos(spec: DataSpec, horizon: int):
+    from emcot.synthetic.cue import cue_demos
+
+    noise = spec.options.get("noise", 0.05)
+    return cue_demos(spec.num_samples, seed=spec.seed, horizon=horizon, noise=float(noise))
+
+
+@register("synthetic_cue")
+def _synthetic_cue(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
+    """Action-only samples of ``num_samples`` cue-task demos (:mod:`emcot.synthetic.cue`), each
+    with its episode's earlier steps as history; option ``noise`` (gripper noise of the demos)."""
+    from emcot.synthetic.cue import cue_action_samples
+
+    return cue_action_samples(_cue_demos(spec, horizon))
+
+
+@register("synthetic_cue_vqa", actions=False)
+def _synthetic_cue_vqa(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
+    """Video-QA about the history of ``num_samples`` cue-task demos (which side the light showed,
+    where the gripper started): the rule questions of the cue task, weighed by ``loss.vqa_weight``."""
+    from emcot.synthetic.cue import cue_vqa_samples
+
+    return cue_vqa_samples(_cue_demos(spec, horizon))
+
+
 @register("vqa_json", needs_path=True, actions=False)
 def _vqa_json(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     opts = spec.options

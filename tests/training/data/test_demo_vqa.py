@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,35 @@ def test_turns_are_seeded_per_frame_and_unanswerable_questions_are_left_out(tmp_
         DemoVQAConfig(questions=("colour",))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="camera"):
         DemoVQADataset(dataset, None, DemoVQAConfig(camera="wrist"))
+
+
+def test_history_questions_are_answered_from_earlier_frames_and_train_as_video_qa(tmp_path):
+    from emcot.synthetic.world import build_synthetic_policy, synthetic_samples
+    from emcot.training.collate import SampleCollator
+
+    root, _ = mw_like_dataset(tmp_path / "mw")
+    history_only = (Question.START_PLACE, Question.HELD_BEFORE)
+    config = DemoVQAConfig(stride=5, turns=2, questions=history_only, history=True)
+    vqa = DemoVQADataset(LeRobotDataset(root), None, config)
+    later = vqa[5]  # frame 25 of episode 0: anchors 0, 5, …, 20 before it
+    assert [int(s.state[0] * 1000) for s in later.history] == [
+        int(v * 1000) for v in pick_place(0)[1][0:25:5, 0]
+    ]
+    assert all(len(s.actions) == 5 for s in later.history)
+    answers = dict(later.metadata["turns"])
+    assert (
+        answers["Where was the gripper when the episode began?"]
+        == "At the start the gripper was high, left and near."
+    )
+    assert answers["Has the robot held the object yet?"].startswith("Yes")
+    assert dict(vqa[2].metadata["turns"])["Has the robot held the object yet?"].startswith("No")  # frame 10
+    with pytest.raises(ValueError, match="answers none"):
+        vqa[0]  # the first frame has no history to ask about
+    corpus = set(vqa_corpus())
+    assert all(a in corpus for _, a in later.metadata["turns"])
+    policy = build_synthetic_policy(synthetic_samples(4), memory={"history_length": 3})
+    # the history's states and actions are normalised with the sample's robot statistics
+    batch = SampleCollator(policy.processor)([dataclasses.replace(later, robot="synthetic")])
+    assert sum(s.role == "history_frame" for s in batch.plan.segments) == 3
+    assert batch.vqa_loss_targets.numel() > 0 and batch.text_loss_targets.numel() == 0
+    assert not any(s.history for s in DemoVQADataset(LeRobotDataset(root), None, DemoVQAConfig(stride=5)))
