@@ -124,12 +124,13 @@ def encode_history(
                 state = processor.encode_state(Observation({}, step.state), robot)
                 assert state is not None  # state_dim > 0
                 out.states.append(state)
-        if memory.history_actions and encode:
-            chunk, pad = _padded_chunk(step.actions, action.horizon, action.action_dim)
-            out.actions.append(processor.encode_actions(chunk, robot))
-            out.pads.append(torch.from_numpy(pad))
-        elif memory.history_actions:
-            _padded_chunk(step.actions, action.horizon, action.action_dim)
+        if memory.history_actions:
+            chunk, pad = _padded_chunk(
+                step.actions, action.horizon, action.action_dim
+            )  # checked when counting too
+            if encode:
+                out.actions.append(processor.encode_actions(chunk, robot))
+                out.pads.append(torch.from_numpy(pad))
     out.segments = history_segments(
         [h * w for _, (h, w) in out.vit],
         states=has_state,

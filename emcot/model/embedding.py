@@ -100,15 +100,13 @@ def _re_represent_states(
 ) -> list[torch.Tensor]:
     """Each current state token (role ``state``) through the state-aware re-representation."""
     assert model.state_aware is not None
+    # One pass gathers every sample's context, instead of one scan of the plan per state token.
+    context: dict[int, list[torch.Tensor]] = {}
+    for part, seg, sample in zip(parts, plan.segments, plan.sample_ids, strict=True):
+        if seg.role in _STATE_CONTEXT_ROLES:
+            context.setdefault(sample, []).append(part)
     out = list(parts)
     for i, (seg, sample) in enumerate(zip(plan.segments, plan.sample_ids, strict=True)):
-        if seg.role != "state":
-            continue
-        context = [
-            part
-            for part, other, other_sample in zip(parts, plan.segments, plan.sample_ids, strict=True)
-            if other_sample == sample and other.role in _STATE_CONTEXT_ROLES
-        ]
-        if context:
-            out[i] = model.state_aware(parts[i], torch.cat(context))
+        if seg.role == "state" and sample in context:
+            out[i] = model.state_aware(parts[i], torch.cat(context[sample]))
     return out
