@@ -42,7 +42,42 @@ def build_initial_policy(recipe: Recipe, init: str | None = None) -> EmCoTPolicy
     names = [s.value for s in InitSource]
     if source in names:
         return _INITIAL_POLICIES[InitSource(source)](recipe)
-    return _saved_policy(source, names)
+    return with_config_overrides(_saved_policy(source, names), recipe.model.overrides)
+
+
+def with_config_overrides(policy: EmCoTPolicy, overrides: dict) -> EmCoTPolicy:
+    """A trained policy under config ``overrides`` that keep its weights, e.g. ``memory: {top_k: 8}``
+    to fine-tune a full-history policy with Top-K retrieval (a dict merges into a sub-config).
+    Overrides that would add, drop or reshape weights raise."""
+    if not overrides:
+        return policy
+    from accelerate import init_empty_weights
+
+    from emcot.config import EmCoTConfig
+    from emcot.model.modeling import EmCoTModel
+
+    values = policy.model.config.to_dict()
+    for key, value in overrides.items():
+        if key not in values:
+            raise ValueError(f"model.overrides: '{key}' is not a model config field")
+        merge = isinstance(value, dict) and isinstance(values[key], dict)
+        values[key] = {**values[key], **value} if merge else value
+    with init_empty_weights(include_buffers=False):  # the weights come from the policy, not a fresh init
+        model = EmCoTModel(EmCoTConfig.from_dict(values))
+    state = policy.model.state_dict()
+    mine = model.state_dict()
+    changed = sorted(set(state) ^ set(mine)) + sorted(
+        k for k in state if k in mine and state[k].shape != mine[k].shape
+    )
+    if changed:
+        raise ValueError(
+            f"model.overrides {overrides} change the weights of the starting policy ({len(changed)} tensors, "
+            f"e.g. {changed[:3]}); a trained policy takes only overrides that keep them, e.g. memory.top_k"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    if model.config.tie_word_embeddings:
+        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
+    return EmCoTPolicy(model, policy.processor, policy.generation)
 
 
 def _synthetic_policy(recipe: Recipe) -> EmCoTPolicy:
@@ -99,7 +134,8 @@ def _fresh_dataset(recipe: Recipe) -> tuple[LeRobotDataset, list[DataSpec]]:
 
 
 def fresh_corpus(dataset: LeRobotDataset, specs: list[DataSpec]) -> list[str]:
-    """Texts a fresh tokenizer is trained on: the dataset's tasks, the annotations' reasoning, demo VQA."""
+    """Texts a fresh tokenizer is trained on: the dataset's tasks, the annotations' reasoning and
+    video-QA pairs, demo VQA."""
     from emcot.training.annotation.annotations import read_annotations
     from emcot.training.data.demo_vqa import vqa_corpus
     from emcot.training.data.emcot_samples import format_reasoning
@@ -115,6 +151,7 @@ def fresh_corpus(dataset: LeRobotDataset, specs: list[DataSpec]) -> list[str]:
                 continue
             for i, subtask in enumerate(annotation.subtasks):
                 texts += [subtask.text, format_reasoning(annotation, i, subtask.start)]
+            texts += [text for qa in annotation.video_qa for text in (qa.question, qa.answer)]
     return texts
 
 
@@ -222,7 +259,7 @@ def _pretrained_codec(folder: str, preset: VAEConfig | None) -> LatentCodec:
 _INITIAL_POLICIES: dict[InitSource, Callable[[Recipe], EmCoTPolicy]] = {
     InitSource.SYNTHETIC: _synthetic_policy,
     InitSource.SYNTHETIC_CUE: _cue_policy,
-    InitSource.DEFAULT: lambda recipe: EmCoTPolicy.default(),
+    InitSource.DEFAULT: lambda recipe: with_config_overrides(EmCoTPolicy.default(), recipe.model.overrides),
     InitSource.COMPONENTS: _policy_from_components,
     InitSource.FRESH: _fresh_policy,
 }

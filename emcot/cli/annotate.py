@@ -24,6 +24,7 @@ def _vlm_config(args: argparse.Namespace) -> VLMAnnotatorConfig:
         prompt_version=args.prompt_version,
         max_reply_attempts=args.reply_attempts,
         max_reasoning_words=args.max_reasoning_words,
+        video_qa_pairs=args.video_qa,
     )
     if not args.model:
         raise ValueError(f"--backend {args.backend} needs --model (served model name or local model folder).")
@@ -92,6 +93,12 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backoff", type=finite_float, default=2.0, help="first retry delay in seconds")
     parser.add_argument("--reply-attempts", type=int, default=3, help="attempts per stage on invalid replies")
     parser.add_argument("--max-reasoning-words", type=int, default=50)
+    parser.add_argument(
+        "--video-qa",
+        type=int,
+        default=0,
+        help="also ask the VLM for up to N video-QA pairs per episode about its past (0: none)",
+    )
     parser.add_argument("--prompt-version", default="v1")
     parser.add_argument("--device", default="cpu", help="device of the transformers backend")
     parser.add_argument("--dtype", default="auto", help="dtype of the transformers backend")
@@ -120,6 +127,11 @@ def run_annotate(args: argparse.Namespace) -> int:
     )
     if args.camera and args.camera not in dataset.cameras:
         raise ValueError(f"--camera {args.camera} is not one of {sorted(dataset.cameras)}.")
+    if args.video_qa and args.backend == "rule":
+        raise ValueError(
+            "--video-qa asks a VLM; with the rule backend the questions about the past come from the "
+            "simulator signals at training time (a lerobot_vqa source with history: true)."
+        )
     annotator = _ANNOTATORS[args.backend](args)
     episodes = parse_episode_list(args.episodes) if args.episodes else None
     summary = annotate_dataset(

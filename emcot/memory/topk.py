@@ -8,7 +8,8 @@ those keys only, so they agree in the forward pass:
   differentiable with a straight-through estimator, ``mask_st = hard.detach() + p − p.detach()``
   where ``p`` is the softmax over every allowed competing key; the forward sees exactly the hard
   mask, the backward lets the gradient reach every score, chosen or not, so the model can learn which keys
-  to choose. Memory is that of full attention (``[B, H, Lq, Lk]`` weights).
+  to choose. The forward runs the fused kernel under the hard mask; the estimator's term is
+  added on the competing columns only.
 - **evaluation** (``training=False``): the ``top_k`` keys and values are gathered and the softmax
   and weighted sum run over ``[B, H, Lq, K]`` only; no gradient is meant to flow.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -64,6 +66,49 @@ def full_attention(
     return torch.matmul(_softmax_rows(_scores(q, k, mask)), v)
 
 
+def _straight_through(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    top_k: int,
+    *,
+    mask: torch.Tensor | None,
+    cand: torch.Tensor,
+) -> torch.Tensor:
+    """The training path. Forward: fused attention under the hard selection. Backward: its exact
+    gradient plus the straight-through term. With ``keep = hard + p − p.detach()`` in a
+    mask-weighted softmax ``o = Σ e_j keep_j v_j / Σ e_j keep_j``, ``∂o/∂keep_j = a_j (v_j − o)``
+    with ``a_j`` the kept-set softmax weight ``exp(s_j − logsumexp_kept s)``; that term is added as
+    ``Σ_j (p_j − p_j.detach()) a_j (v_j − o)`` (zero in value) on the competing columns only, so
+    the ``[Lq, Lk]`` work stays in the fused kernel (written as one masked softmax it cost ~8×)."""
+    columns = _competing_columns(cand, k.shape[-2])
+    sub_mask = None if mask is None else mask.index_select(-1, columns)
+    sub_scores = _scores(q, k.index_select(-2, columns), sub_mask)  # [B, H, Lq, C], differentiable
+    sub_cand = cand.index_select(-1, columns).expand_as(sub_scores)
+    sub_scores = sub_scores.masked_fill(~sub_cand, float("-inf"))
+    chosen = sub_scores.detach().topk(top_k, dim=-1).indices
+    hard = torch.zeros_like(sub_scores, dtype=torch.bool).scatter_(-1, chosen, True)
+    hard &= ~torch.isneginf(sub_scores)  # a forbidden key is never chosen
+    with torch.no_grad():
+        scores = _scores(q, k, mask)
+        allowed = ~torch.isneginf(scores)
+        # a column that does not compete for some row (another padded row's history) stays allowed there
+        keep = allowed.index_copy(-1, columns, (hard | ~sub_cand) & allowed.index_select(-1, columns))
+        empty = ~keep.any(-1, keepdim=True)
+        kept_lse = scores.masked_fill(~keep, float("-inf")).logsumexp(-1, keepdim=True)
+        weight = torch.exp(sub_scores.detach() - kept_lse).nan_to_num(0.0)  # a_j; 0 where forbidden
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep | empty).masked_fill(empty, 0.0)
+    soft = _softmax_rows(sub_scores)  # p over the competing keys
+    delta = torch.where(sub_cand, soft - soft.detach(), torch.zeros_like(soft)) * weight
+    v_cols = v.detach().index_select(-2, columns)
+    return out + torch.matmul(delta, v_cols) - delta.sum(-1, keepdim=True) * out.detach()
+
+
+def _competing_columns(cand: torch.Tensor, lk: int) -> torch.Tensor:
+    """Indices of the keys some query may choose among (the rest never need a selection)."""
+    return cand.expand(*cand.shape[:-1], lk).reshape(-1, lk).any(0).nonzero().squeeze(1)
+
+
 def topk_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,31 +129,17 @@ def topk_attention(
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if candidates is not None and candidates.dtype != torch.bool:
         raise ValueError(f"candidates must be boolean (True = competes for a place), got {candidates.dtype}")
-    scores = _scores(q, k, mask)
-    lk = scores.shape[-1]
-    cand = torch.ones(lk, dtype=torch.bool, device=scores.device) if candidates is None else candidates
-    # Only the columns some query may choose among need the selection; the rest stay dense.
-    columns = cand.expand(*cand.shape[:-1], lk).reshape(-1, lk).any(0).nonzero().squeeze(1)
-    competing = int(cand.sum(-1).max())
-    if top_k >= competing:
-        return torch.matmul(_softmax_rows(scores), v)
-    sub = scores.index_select(-1, columns)  # [B, H, Lq, C]
-    sub_cand = cand.index_select(-1, columns).expand_as(sub)
-    sub_scores = sub.masked_fill(~sub_cand, float("-inf"))
-    chosen = sub_scores.topk(top_k, dim=-1).indices  # [B, H, Lq, K], into the columns
+    lk = k.shape[-2]
+    cand = torch.ones(lk, dtype=torch.bool, device=k.device) if candidates is None else candidates
+    if top_k >= int(cand.sum(-1).max()):
+        return torch.matmul(_softmax_rows(_scores(q, k, mask)), v)
     if training:
-        hard = torch.zeros_like(sub).scatter_(-1, chosen, 1.0)
-        hard = hard.masked_fill(torch.isneginf(sub_scores), 0.0)  # a forbidden key is never chosen
-        soft = _softmax_rows(sub_scores)  # p over the competing keys
-        mask_st = hard.detach() + soft - soft.detach()  # forward: the hard mask; backward: through p
-        # a column that does not compete for some row (another padded row's history) is kept there
-        mask_st = torch.where(sub_cand, mask_st, torch.ones_like(mask_st))
-        keep = torch.ones_like(scores).index_copy(-1, columns, mask_st)
-        # the softmax over the kept keys, written as a mask-weighted softmax so mask_st's gradient counts
-        weights = torch.exp(scores - scores.amax(-1, keepdim=True).clamp_min(-1e30).detach()) * keep
-        weights = weights.masked_fill(torch.isneginf(scores), 0.0)
-        total = weights.sum(-1, keepdim=True)
-        return torch.matmul(weights / torch.where(total > 0, total, torch.ones_like(total)), v)
+        return _straight_through(q, k, v, top_k, mask=mask, cand=cand)
+    scores = _scores(q, k, mask)
+    columns = _competing_columns(cand, lk)
+    sub_cand = cand.index_select(-1, columns)
+    sub_scores = scores.index_select(-1, columns).masked_fill(~sub_cand, float("-inf"))  # [B, H, Lq, C]
+    chosen = sub_scores.topk(top_k, dim=-1).indices  # [B, H, Lq, K], into the columns
     chosen = columns[chosen]  # back to key indices
     cand_scores = scores.masked_fill(~cand.expand_as(scores), float("-inf"))
     picked = cand_scores.gather(-1, chosen)  # [B, H, Lq, K]

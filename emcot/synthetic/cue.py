@@ -13,7 +13,9 @@ Demos come from a scripted expert that knows the side: a chunk reaches the block
 told to stay), the next pushes it straight to the goal edge. Demo chunks are executed with a
 little noise on the gripper so that episodes vary, and every step's label is the expert's chunk
 from the state actually reached. Samples carry the episode's earlier steps as their history (the
-collator keeps what the model's ``config.memory`` reads).
+collator keeps what the model's ``config.memory`` reads). ``CueConfig.color_agreement`` plants a
+spurious correlation in the demos: the block's colour names the cued side (``SIDE_COLORS``) with
+that probability, while the evaluation world keeps colour and side independent.
 
 API: ``CueConfig``, ``CueWorld`` (``reset(seed)``, ``frame()``, ``state()``, ``raw()``,
 ``step(action) -> bool``), ``expert_chunk(raw, config, horizon)``, ``cue_demos(episodes, ...)``,
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from emcot.io_utils import AT_LEAST_ONE, check_fields
+from emcot.io_utils import AT_LEAST_ONE, Range, check_fields
 from emcot.synthetic.world import (
     COLORS,
     SyntheticConfig,
@@ -41,6 +43,8 @@ from emcot.types import EmCoTSample, HistoryStep, Observation, SampleKind
 CUE_TASK = "synthetic-cue"
 CUE_SIDES = {"left": 0.2, "right": 0.8}  # the goal's x for each side
 CUE_COLOR = (0, 230, 230)
+# The block colours a shortcut ties to each side (``CueConfig.color_agreement``).
+SIDE_COLORS = {"left": ("red", "yellow"), "right": ("green", "blue")}
 QUESTION_SIDE = "Which side did the light show?"
 QUESTION_START = "Where did my gripper start?"
 
@@ -52,7 +56,12 @@ def instruction_for(color: str) -> str:
 
 @dataclass(frozen=True)
 class CueConfig:
-    """The world's look, how long the cue shows (env steps), the episode cap and the dynamics."""
+    """The world's look, how long the cue shows (env steps), the episode cap and the dynamics.
+
+    ``color_agreement``: the probability that the block's colour names the cued side (red/yellow
+    for left, green/blue for right) — a spurious correlation a policy can learn instead of the cue
+    (None: colour and side are independent, as at evaluation).
+    """
 
     world: SyntheticConfig = field(default_factory=SyntheticConfig)
     cue_steps: int = 1
@@ -61,9 +70,12 @@ class CueConfig:
     max_move: float = 0.15
     contact: float = 0.12
     tolerance: float = 0.08
+    color_agreement: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "CueConfig", cue_steps=AT_LEAST_ONE, cue_px=AT_LEAST_ONE, max_steps=AT_LEAST_ONE)
+        if self.color_agreement is not None:
+            check_fields(self, "CueConfig", color_agreement=Range(ge=0.0, le=1.0))
 
 
 def render_cue(config: CueConfig, color: str, block, gripper, side: str | None) -> np.ndarray:
@@ -98,6 +110,10 @@ class CueWorld:
         colors = list(COLORS)
         self.color = colors[rng.integers(len(colors))]
         self.side = list(CUE_SIDES)[rng.integers(len(CUE_SIDES))]
+        if self.config.color_agreement is not None:
+            agrees = rng.random() < self.config.color_agreement
+            named = self.side if agrees else next(side for side in CUE_SIDES if side != self.side)
+            self.color = SIDE_COLORS[named][rng.integers(len(SIDE_COLORS[named]))]
         self.block = np.array([rng.uniform(0.45, 0.55), rng.uniform(0.3, 0.7)], np.float32)
         # Far enough from the block that the first step must reach it (and so cannot push yet).
         self.gripper = rng.uniform(0.1, 0.9, 2).astype(np.float32)

@@ -18,7 +18,7 @@ from emcot.training.collate import SampleCollator
 def _loss(policy, samples, seed: int = 0) -> dict[str, float]:
     batch = SampleCollator(policy.processor)(samples, rng=np.random.default_rng(0))
     out = policy.model.compute_loss(batch, torch.Generator().manual_seed(seed))
-    return {"loss": float(out.loss), **{k: float(v) for k, v in out.terms.items()}}
+    return {"loss": float(out.loss.detach()), **{k: float(v.detach()) for k, v in out.terms.items()}}
 
 
 def _perturbed(policy):

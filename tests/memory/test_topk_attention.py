@@ -111,3 +111,36 @@ def test_candidates_compete_and_other_allowed_keys_are_always_kept(training):
     torch.testing.assert_close(covering, full_attention(q, k, v, mask), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="candidates must be boolean"):
         topk_attention(q, k, v, 3, training=training, candidates=candidates.float())
+
+
+def dense_straight_through(q, k, v, top_k, mask, candidates):
+    """The estimator written out densely: a mask-weighted softmax over every key with
+    ``keep = hard + p − p.detach()`` on the candidates (``p`` = softmax over the allowed candidates)."""
+    scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))
+    cand_scores = scores.masked_fill(~candidates, float("-inf"))
+    hard = torch.zeros_like(scores).scatter(-1, cand_scores.topk(top_k).indices, 1.0)
+    hard = hard.masked_fill(torch.isneginf(cand_scores), 0.0)
+    soft = torch.softmax(cand_scores, -1)
+    keep = torch.where(candidates, hard + soft - soft.detach(), torch.ones_like(soft))
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True).detach()) * keep
+    return (weights / weights.sum(-1, keepdim=True)) @ v
+
+
+def test_the_training_path_has_the_dense_estimators_gradients():
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for n in (9, 14, 14))
+    mask = torch.ones(9, 14, dtype=torch.bool).tril(diagonal=6)
+    candidates = torch.zeros(14, dtype=torch.bool)
+    candidates[1:8] = True
+    upstream = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64)
+    grads = []
+    for attention in (
+        lambda q, k, v: topk_attention(q, k, v, 3, training=True, mask=mask, candidates=candidates),
+        lambda q, k, v: dense_straight_through(q, k, v, 3, mask, candidates),
+    ):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = attention(*leaves)
+        (out * upstream).sum().backward()
+        grads.append([out.detach()] + [t.grad for t in leaves])
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

@@ -4,6 +4,7 @@ edge is a trap, and samples carry their episode's history."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from emcot.synthetic.cue import CUE_COLOR, CueConfig, CueWorld, cue_action_samples, cue_demos, cue_vqa_samples
 
@@ -68,3 +69,41 @@ def test_samples_carry_the_earlier_steps_and_video_qa_asks_about_them():
     assert all(
         s.history and s.metadata["turns"][0][1] == f"The light showed the {s.metadata['side']}." for s in vqa
     )
+
+
+def test_color_agreement_ties_the_block_colour_to_the_side_only_when_asked():
+    from emcot.synthetic.cue import SIDE_COLORS
+
+    def agreement(config: CueConfig) -> float:
+        world = CueWorld(config)
+        hits = 0
+        for seed in range(400):
+            world.reset(seed)
+            hits += world.color in SIDE_COLORS[world.side]
+        return hits / 400
+
+    assert agreement(CueConfig(color_agreement=1.0)) == 1.0
+    assert agreement(CueConfig(color_agreement=0.0)) == 0.0
+    assert 0.85 < agreement(CueConfig(color_agreement=0.9)) < 0.95
+    assert 0.4 < agreement(CueConfig()) < 0.6  # independent: the evaluation world
+    with pytest.raises(ValueError, match="color_agreement"):
+        CueConfig(color_agreement=1.5)
+
+
+def test_the_cue_data_sources_take_the_shortcut_option():
+    from emcot.synthetic.cue import SIDE_COLORS
+    from emcot.training.data.sources import DataSpec, build_source
+    from emcot.training.recipes import load_recipe
+
+    recipe = load_recipe("cue-shortcut-history-vqa-tiny")
+    options = {"color_agreement": 1.0}
+    actions = list(build_source(DataSpec("synthetic_cue", num_samples=12, options=options), recipe, 8))
+    for sample in actions:
+        color = sample.instruction.split()[2]  # "push the <colour> block to the side the light showed"
+        assert color in SIDE_COLORS[sample.metadata["side"]]
+    questions = list(build_source(DataSpec("synthetic_cue_vqa", num_samples=12, options=options), recipe, 8))
+    # the questions are about the same demos: the same sides, in the same episodes
+    first_sides = [s.metadata["side"] for s in actions if s.metadata["step"] == 1]
+    assert [s.metadata["side"] for s in questions if s.metadata["step"] == 1] == first_sides
+    with pytest.raises(ValueError, match=r"unknown options \['colour'\] of data kind 'synthetic_cue'"):
+        build_source(DataSpec("synthetic_cue", num_samples=2, options={"colour": 1}), recipe, 8)

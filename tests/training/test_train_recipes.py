@@ -113,3 +113,27 @@ def test_lora_finetuning_saves_a_plain_policy(tmp_path):
     sample_state = policy.example_observation()
     trace = policy.generate_trace(sample_state, "push the red block to the left", mode="reactive", seed=0)
     assert trace.actions.shape == (6, 6)
+
+
+def test_a_trained_policy_takes_config_overrides_that_keep_its_weights(tmp_path):
+    import dataclasses
+
+    from emcot.synthetic.cue import build_cue_policy, cue_action_samples, cue_demos
+
+    policy = build_cue_policy(cue_action_samples(cue_demos(2)), memory={"history_length": 4})
+    policy.save_pretrained(tmp_path / "history")
+    recipe = load_recipe("cue-topk-tiny")
+
+    def started(**overrides):
+        model = dataclasses.replace(recipe.model, init=str(tmp_path / "history"), overrides=overrides)
+        return build_initial_policy(dataclasses.replace(recipe, model=model))
+
+    topk = started(memory={"top_k": 8})
+    assert (topk.model.config.memory.top_k, topk.model.config.memory.history_length) == (8, 4)
+    mine = topk.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in policy.model.state_dict().items())
+    with pytest.raises(ValueError, match=r"change the weights of the starting policy .*memory.top_k"):
+        started(memory={"state_aware": True})
+    with pytest.raises(ValueError, match="'colour' is not a model config field"):
+        started(colour="red")
+    assert started().model.config.memory.top_k == 0  # no overrides: the policy as saved

@@ -2,7 +2,7 @@
 
 A line records the plan (task narrative), the subtasks with contiguous frame ranges, each one's
 first-person reasoning and subgoal frame (the subtask's terminal frame), the motion primitives,
-and which annotator and prompt versions produced it. Failed episodes are kept in the same file
+optional video-QA pairs about the episode's past, and which annotator and prompt versions produced it. Failed episodes are kept in the same file
 with ``status: "failed"`` and an ``error`` so that a summary can list them and a re-run can retry
 them; when an episode appears several times, the last line wins.
 
@@ -37,6 +37,7 @@ _FIELDS = {
     "prompt_versions",
     "error",
     "attempts",
+    "video_qa",
 }
 
 
@@ -61,6 +62,31 @@ class SubtaskAnnotation:
         }
 
 
+@dataclass(frozen=True)
+class VideoQA:
+    """A question about the episode's past, asked at frame ``asked_at``, whose answer shows at the
+    earlier frame ``evidence`` (video-QA co-training, written by the VLM annotator)."""
+
+    question: str
+    answer: str
+    asked_at: int
+    evidence: int
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "asked_at": self.asked_at,
+            "evidence": self.evidence,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoQA:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["question"]), str(data["answer"]), int(data["asked_at"]), int(data["evidence"]))
+
+
 @dataclass
 class EpisodeAnnotation:
     """The EM-CoT annotation of one episode (or the record of its failure)."""
@@ -78,6 +104,7 @@ class EpisodeAnnotation:
     attempts: int = 1
     dataset: str = ""
     schema_version: int = SCHEMA_VERSION
+    video_qa: list[VideoQA] = field(default_factory=list)
 
     def validate(self) -> EpisodeAnnotation:
         """Check the schema and the frame ranges; raise ValueError naming the problem."""
@@ -95,6 +122,14 @@ class EpisodeAnnotation:
                 raise ValueError(f"{where}: a failed annotation must say why in 'error'.")
             return self
         self._check_subtasks(where)
+        for qa in self.video_qa:
+            if not qa.question.strip() or not qa.answer.strip():
+                raise ValueError(f"{where}: a video-QA pair has an empty question or answer.")
+            if not 0 <= qa.evidence < qa.asked_at < self.num_frames:
+                raise ValueError(
+                    f"{where}: video-QA '{qa.question}' is asked at frame {qa.asked_at} about frame "
+                    f"{qa.evidence}; it needs 0 <= evidence < asked_at < {self.num_frames}."
+                )
         for p in self.primitives:
             if p.end >= self.num_frames:
                 raise ValueError(f"{where}: primitive {p} runs past the episode end.")
@@ -147,6 +182,7 @@ class EpisodeAnnotation:
             "prompt_versions": dict(self.prompt_versions),
             "error": self.error,
             "attempts": self.attempts,
+            **({"video_qa": [qa.to_dict() for qa in self.video_qa]} if self.video_qa else {}),
         }
 
     @classmethod
@@ -182,6 +218,7 @@ class EpisodeAnnotation:
                 attempts=int(data.get("attempts", 1)),
                 dataset=str(data.get("dataset", "")),
                 schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+                video_qa=[VideoQA.from_dict(qa) for qa in data.get("video_qa", [])],
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"Malformed annotation record: {exc!r}.") from exc

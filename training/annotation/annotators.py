@@ -2,7 +2,8 @@
 
 Both turn an ``EpisodeContext`` (instruction, primitives, a few keyframes) into an
 ``EpisodeAnnotation``. The VLM annotator asks for (1) a task narrative, (2) the subtask sequence,
-(3) each subtask's frame range with a first-person reasoning; every reply is validated, an
+(3) each subtask's frame range with a first-person reasoning, and optionally (4) video-QA pairs —
+questions asked at a frame whose answer shows only in an earlier keyframe; every reply is validated, an
 invalid one is re-asked with the reason attached, and after ``max_reply_attempts`` the episode
 is returned as ``status="failed"`` — never accepted silently.
 """
@@ -23,6 +24,7 @@ from emcot.training.annotation.vlm_prompts import (
     parse_alignment,
     parse_narrative,
     parse_subtasks,
+    parse_video_qa,
 )
 
 
@@ -51,6 +53,7 @@ class EpisodeContext:
         *,
         prompt_versions: dict | None = None,
         attempts: int = 1,
+        video_qa: list | None = None,
     ) -> EpisodeAnnotation:
         """A validated successful record for this episode."""
         return EpisodeAnnotation(
@@ -64,6 +67,7 @@ class EpisodeContext:
             prompt_versions=dict(prompt_versions or {}),
             attempts=attempts,
             dataset=self.dataset,
+            video_qa=list(video_qa or []),
         ).validate()
 
     def failed(
@@ -86,7 +90,8 @@ class EpisodeContext:
 
 @dataclass(frozen=True)
 class VLMAnnotatorConfig:
-    """Limits and prompt versions of the three-stage annotator."""
+    """Limits and prompt versions of the three-stage annotator. ``video_qa_pairs`` > 0 adds a fourth
+    stage asking for up to that many video-QA pairs about the episode's past (0: no such stage)."""
 
     prompt_version: str = "v1"
     max_reply_attempts: int = 3
@@ -95,10 +100,14 @@ class VLMAnnotatorConfig:
     max_subtasks: int = 12
     max_subtask_words: int = 12
     system_prompt: str | None = None
+    video_qa_pairs: int = 0
+    max_answer_words: int = 20
 
     def __post_init__(self):
         if self.max_reply_attempts < 1 or self.max_reasoning_words < 1:
             raise ValueError("max_reply_attempts and max_reasoning_words must be >= 1.")
+        if self.video_qa_pairs < 0 or self.max_answer_words < 1:
+            raise ValueError("video_qa_pairs must be >= 0 and max_answer_words >= 1.")
 
 
 class AnnotationFailure(Exception):
@@ -110,14 +119,15 @@ class AnnotationFailure(Exception):
 
 
 class VLMAnnotator:
-    """Narrative → subtasks → aligned reasoning, through any ``VLMBackend``."""
+    """Narrative → subtasks → aligned reasoning (→ video-QA pairs), through any ``VLMBackend``."""
 
     def __init__(self, backend: VLMBackend, config: VLMAnnotatorConfig | None = None):
         self.backend = backend
         self.config = config or VLMAnnotatorConfig()
-        self.prompts = {
-            s: load_prompt(s, self.config.prompt_version) for s in ("narrative", "subtasks", "alignment")
-        }
+        stages = ("narrative", "subtasks", "alignment") + (
+            ("video_qa",) if self.config.video_qa_pairs else ()
+        )
+        self.prompts = {s: load_prompt(s, self.config.prompt_version) for s in stages}
 
     @property
     def info(self) -> dict:
@@ -184,10 +194,27 @@ class VLMAnnotator:
                 max_words=cfg.max_reasoning_words,
             )
             attempts += n
+            video_qa: list = []
+            if cfg.video_qa_pairs:
+                video_qa, n = self._ask(
+                    "video_qa",
+                    context,
+                    lambda r: parse_video_qa(
+                        r, context.keyframes, context.num_frames, cfg.video_qa_pairs, cfg.max_answer_words
+                    ),
+                    max_pairs=cfg.video_qa_pairs,
+                    max_words=cfg.max_answer_words,
+                )
+                attempts += n
         except AnnotationFailure as exc:
             return context.failed(str(exc), self.info, self.prompt_versions, attempts + exc.attempts)
         return context.annotated(
-            narrative, segments, self.info, prompt_versions=self.prompt_versions, attempts=attempts
+            narrative,
+            segments,
+            self.info,
+            prompt_versions=self.prompt_versions,
+            attempts=attempts,
+            video_qa=video_qa,
         )
 
 

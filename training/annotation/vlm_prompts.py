@@ -1,4 +1,5 @@
-"""Versioned prompt files for the three annotation stages, and strict parsing of the replies.
+"""Versioned prompt files for the annotation stages (three, plus the optional video-QA one), and
+strict parsing of the replies.
 
 Prompts live in ``training/annotation/prompts/<stage>_<version>.txt`` and use ``$name`` placeholders
 (``string.Template``), so the JSON examples inside them need no escaping. Every reply is parsed
@@ -14,9 +15,9 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 
-from emcot.training.annotation.annotations import SubtaskAnnotation
+from emcot.training.annotation.annotations import SubtaskAnnotation, VideoQA
 
-STAGES = ("narrative", "subtasks", "alignment")
+STAGES = ("narrative", "subtasks", "alignment", "video_qa")
 
 
 class ReplyError(ValueError):
@@ -161,3 +162,40 @@ def parse_alignment(
             f"the last segment must end at the last frame {num_frames - 1}, not {expected_start - 1}"
         )
     return out
+
+
+def parse_video_qa(
+    reply: str, keyframes: list[int], num_frames: int, max_pairs: int = 4, max_words: int = 20
+) -> list[VideoQA]:
+    """Video-QA stage: ``{"pairs": [{"question", "answer", "asked_at", "evidence"}, ...]}``, 1..max_pairs
+    distinct questions ending in "?", short answers, ``evidence`` a shown frame before ``asked_at``
+    and ``asked_at`` a frame of the recording."""
+    items = _object_with(reply, "pairs", list)
+    if not 1 <= len(items) <= max_pairs:
+        raise ReplyError(f"give between 1 and {max_pairs} pairs, not {len(items)}")
+    pairs, seen = [], set()
+    for i, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not {"question", "answer", "asked_at", "evidence"} <= set(item):
+            raise ReplyError(
+                f'pair {i} must be an object with "question", "answer", "asked_at" and "evidence"'
+            )
+        question, answer, asked, evidence = (item[k] for k in ("question", "answer", "asked_at", "evidence"))
+        if not isinstance(question, str) or not question.strip().endswith("?"):
+            raise ReplyError(f'pair {i}: the question must be a string ending with "?"')
+        if not isinstance(answer, str) or not answer.strip():
+            raise ReplyError(f"pair {i} needs a non-empty answer")
+        if word_count(answer) > max_words:
+            raise ReplyError(f"pair {i} answer has {word_count(answer)} words; the limit is {max_words}")
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in (asked, evidence)):
+            raise ReplyError(f"pair {i}: asked_at and evidence must be integer frame numbers")
+        if evidence not in keyframes:
+            raise ReplyError(f"pair {i}: evidence {evidence} must be one of the frames shown, {keyframes}")
+        if not evidence < asked <= num_frames - 1:
+            raise ReplyError(
+                f"pair {i}: asked_at {asked} must come after evidence {evidence} and by the last frame {num_frames - 1}"
+            )
+        if _normalise(question) in seen:
+            raise ReplyError("the questions must be distinct")
+        seen.add(_normalise(question))
+        pairs.append(VideoQA(question.strip(), answer.strip(), asked, evidence))
+    return pairs

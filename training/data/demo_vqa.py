@@ -11,7 +11,9 @@ the answer has to be read from the image) and asks ``turns`` of the questions th
 With ``history`` on, every sample also carries the episode's earlier anchors (frame, state and the
 actions recorded until the next anchor) and the video-QA questions about them join in: where the
 gripper was when the episode began, and whether the object has been held yet (``sim.grasp_success``
-at any earlier frame). Their answers need the history, and form the ``vqa`` loss term.
+at any earlier frame). Their answers need the history, and form the ``vqa`` loss term. An
+annotation sidecar written with the VLM's video-QA stage (``emcot annotate --video-qa N``) adds one
+sample per pair, asked at its frame, with the pair's evidence frame among the history anchors.
 """
 
 from __future__ import annotations
@@ -213,11 +215,24 @@ class DemoVQADataset:
             raise ValueError(f"camera {camera!r} is not in the dataset's cameras {sorted(dataset.cameras)}")
         self.camera: str = camera
         self._low, self._span, self._open = self._workspace()
-        self.index = [
-            (episode, t)
+        # (episode, frame, None) asks the rule questions; (episode, frame, k) the annotation's k-th video-QA pair
+        self.index: list[tuple[int, int, int | None]] = [
+            (episode, t, None)
             for episode in dataset.episode_indices
             for t in range(0, dataset.record(episode).length, self.config.stride)
         ]
+        if self.config.history:
+            self.index += [
+                (episode, qa.asked_at, k)
+                for episode in dataset.episode_indices
+                for k, qa in enumerate(self._video_qa(episode, dataset.record(episode).length))
+            ]
+
+    def _video_qa(self, episode: int, length: int) -> list:
+        annotation = self.annotations.get(episode)
+        if annotation is None or annotation.status != "ok" or annotation.num_frames != length:
+            return []
+        return annotation.video_qa
 
     def _workspace(self) -> tuple[np.ndarray | None, np.ndarray | None, float | None]:
         """xyz origin and extent of the place words and the open threshold, from the config or the stats."""
@@ -259,21 +274,36 @@ class DemoVQADataset:
             held_before = None if held is None else bool((np.asarray(held[: t + 1]) > 0.5).any())
         return FrameFacts(episode.instruction, place, opening, signals, subtask, start_place, held_before)
 
-    def history(self, episode: LeRobotEpisode, t: int) -> tuple[HistoryStep, ...]:
-        """The anchors before frame ``t`` (every ``stride`` frames), oldest first."""
-        stride, frames = self.config.stride, episode.images(self.camera)
+    def history(
+        self, episode: LeRobotEpisode, t: int, extra: tuple[int, ...] = ()
+    ) -> tuple[HistoryStep, ...]:
+        """The anchors before frame ``t`` (every ``stride`` frames, plus the ``extra`` frames), oldest
+        first, each with the actions recorded until the next one."""
+        frames = episode.images(self.camera)
+        anchors = sorted(set(range(0, t, self.config.stride)) | {a for a in extra if a < t})
         return tuple(
             HistoryStep(
                 frames[a],
                 None if episode.states is None else episode.states[a],
-                None if episode.actions is None else episode.actions[a : a + stride],
+                None if episode.actions is None else episode.actions[a:end],
             )
-            for a in range(0, t, stride)
+            for a, end in zip(anchors, anchors[1:] + [t], strict=True)
         )
 
     def __getitem__(self, i: int) -> EmCoTSample:
-        episode_index, t = self.index[i]
+        episode_index, t, pair = self.index[i]
         episode = self.dataset.episode(episode_index)
+        if pair is not None:
+            qa = self._video_qa(episode_index, len(episode))[pair]
+            return EmCoTSample(
+                observation=Observation({self.camera: episode.images(self.camera)[t]}),
+                instruction=qa.question,
+                reasoning=qa.answer,
+                robot=self.dataset.name,
+                kind=SampleKind.VQA,
+                metadata={"turns": [(qa.question, qa.answer)], "episode": episode_index, "frame": t},
+                history=self.history(episode, t, extra=(qa.evidence,)),
+            )
         facts = self.facts(episode, t)
         answered = [(QUESTIONS[q][0], QUESTIONS[q][1](facts)) for q in self.config.questions]
         turns = [(q, a) for q, a in answered if a]

@@ -145,16 +145,23 @@ def _synthetic_robot(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
 
 
 def _cue_demos(spec: DataSpec, horizon: int):
-    from emcot.synthetic.cue import cue_demos
+    from emcot.synthetic.cue import CueConfig, cue_demos
 
+    unknown = set(spec.options) - {"noise", "color_agreement"}
+    if unknown:
+        raise ValueError(
+            f"unknown options {sorted(unknown)} of data kind '{spec.kind}'; it takes noise, color_agreement"
+        )
     noise = spec.options.get("noise", 0.05)
-    return cue_demos(spec.num_samples, seed=spec.seed, horizon=horizon, noise=float(noise))
+    config = CueConfig(color_agreement=spec.options.get("color_agreement"))
+    return cue_demos(spec.num_samples, seed=spec.seed, config=config, horizon=horizon, noise=float(noise))
 
 
 @register("synthetic_cue")
 def _synthetic_cue(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
     """Action-only samples of ``num_samples`` cue-task demos (:mod:`emcot.synthetic.cue`), each
-    with its episode's earlier steps as history; option ``noise`` (gripper noise of the demos)."""
+    with its episode's earlier steps as history; options ``noise`` (gripper noise of the demos) and
+    ``color_agreement`` (a colour–side shortcut in the demos, :class:`~emcot.synthetic.cue.CueConfig`)."""
     from emcot.synthetic.cue import cue_action_samples
 
     return cue_action_samples(_cue_demos(spec, horizon))

@@ -98,6 +98,8 @@ def test_action_only_mode_and_errors(tmp_path, capsys):
         _run([str(root), "--backend", "openai", "--model", "m", "--out", str(tmp_path / "a.jsonl")])
     with pytest.raises(ValueError, match="3 position indices"):
         _run([str(root), "--arm", "left:0,1", "--out", str(tmp_path / "a.jsonl"), "--no-progress"])
+    with pytest.raises(ValueError, match="--video-qa asks a VLM"):
+        _run([str(root), "--video-qa", "3", "--out", str(tmp_path / "a.jsonl"), "--no-progress"])
 
 
 @pytest.mark.parametrize("column", ["states", "actions"])

@@ -206,6 +206,19 @@ def test_rate_limiter_spaces_requests():
     assert time.monotonic() - start >= 5 / 25 - 0.01
 
 
+def lift_context() -> EpisodeContext:
+    """A 16-frame lift episode with a grasp at frames 7-9 and two keyframes, 0 and 15."""
+    return EpisodeContext(
+        episode_index=4,
+        instruction="lift the cube",
+        num_frames=16,
+        fps=10,
+        primitives=[PrimitiveSegment("", "grasp", 7, 9)],
+        keyframes=[0, 15],
+        images=[np.zeros((32, 48, 3), np.uint8), np.full((32, 48, 3), 200, np.uint8)],
+    )
+
+
 def test_transformers_backend_prompt_and_parse_path():
     seen = []
 
@@ -218,15 +231,7 @@ def test_transformers_backend_prompt_and_parse_path():
             return SUBTASKS
         return alignment(9, last=15)
 
-    context = EpisodeContext(
-        episode_index=4,
-        instruction="lift the cube",
-        num_frames=16,
-        fps=10,
-        primitives=[PrimitiveSegment("", "grasp", 7, 9)],
-        keyframes=[0, 15],
-        images=[np.zeros((32, 48, 3), np.uint8), np.full((32, 48, 3), 200, np.uint8)],
-    )
+    context = lift_context()
     annotator = VLMAnnotator(TransformersBackend(generate=generate))
     annotation = annotator.annotate(context)
     assert annotation.status == "ok" and annotation.plan.startswith("The arm reaches")
@@ -265,3 +270,78 @@ def test_prompt_files_are_versioned():
         prompt.render(instruction="x")
     with pytest.raises(ValueError, match="No prompt file"):
         load_prompt("alignment", "v99")
+
+
+def video_qa_reply(*pairs) -> str:
+    return json.dumps(
+        {"pairs": [{"question": q, "answer": a, "asked_at": t, "evidence": e} for q, a, t, e in pairs]}
+    )
+
+
+def test_the_video_qa_stage_asks_for_pairs_about_the_past_and_stores_them(tmp_path):
+    from emcot.training.annotation.annotations import AnnotationWriter
+
+    prompts = []
+
+    def generate(messages, images):
+        prompt = messages[-1]["content"][-1]["text"]
+        prompts.append(prompt)
+        if '"narrative"' in prompt:
+            return NARRATIVE
+        if '"subtasks"' in prompt:
+            return SUBTASKS
+        if '"segments"' in prompt:
+            return alignment(9, last=15)
+        if len([p for p in prompts if '"pairs"' in p]) == 1:  # the first reply breaks a rule
+            return video_qa_reply(("Where was the cube at first?", "On the left.", 12, 4))
+        return video_qa_reply(
+            ("Where was the cube at first?", "On the left of the table.", 12, 0),
+            ("Was my gripper open at the start?", "Yes, it was open.", 15, 0),
+        )
+
+    context = lift_context()
+    annotator = VLMAnnotator(TransformersBackend(generate=generate), VLMAnnotatorConfig(video_qa_pairs=2))
+    annotation = annotator.annotate(context)
+    assert annotation.status == "ok" and annotation.attempts == 5  # 3 stages + 2 tries of the 4th
+    assert [(qa.asked_at, qa.evidence) for qa in annotation.video_qa] == [(12, 0), (15, 0)]
+    assert annotation.prompt_versions == {
+        "narrative": "v1",
+        "subtasks": "v1",
+        "alignment": "v1",
+        "video_qa": "v1",
+    }
+    asked = [p for p in prompts if '"pairs"' in p]
+    assert "up to 2 questions" in asked[0] and "image 2: frame 15" in asked[0]
+    assert "evidence 4 must be one of the frames shown, [0, 15]" in asked[1]  # the rejection is fed back
+    with AnnotationWriter(tmp_path / "a.jsonl") as writer:
+        writer.write(annotation)
+    assert read_annotations(tmp_path / "a.jsonl")[4].video_qa == annotation.video_qa  # round trip
+    # without the stage nothing is asked and the record keeps no video_qa key
+    plain = VLMAnnotator(TransformersBackend(generate=generate)).annotate(context)
+    assert (
+        plain.video_qa == [] and "video_qa" not in plain.to_dict() and "video_qa" not in plain.prompt_versions
+    )
+
+
+def test_video_qa_reply_and_record_rules():
+    from emcot.training.annotation.annotations import EpisodeAnnotation, SubtaskAnnotation, VideoQA
+    from emcot.training.annotation.vlm_prompts import parse_video_qa
+
+    good = ("What did I touch first?", "The red block.", 10, 0)
+    assert parse_video_qa(video_qa_reply(good), [0, 5], 16)[0] == VideoQA(*good)
+    cases = {
+        "ending with": video_qa_reply(("What did I touch first", "The red block.", 10, 0)),
+        "come after evidence 5": video_qa_reply(("What did I touch first?", "The red block.", 5, 5)),
+        "by the last frame 15": video_qa_reply(("What did I touch first?", "The red block.", 16, 0)),
+        "the limit is 20": video_qa_reply(("What did I touch first?", "red " * 21, 10, 0)),
+        "distinct": video_qa_reply(good, ("what did I touch first?", "Red.", 12, 5)),
+        "between 1 and 4": video_qa_reply(),
+        "integer frame numbers": video_qa_reply(("What did I touch first?", "The red block.", "10", 0)),
+    }
+    for message, reply in cases.items():
+        with pytest.raises(ReplyError, match=message):
+            parse_video_qa(reply, [0, 5], 16)
+    record = EpisodeAnnotation(4, 16, "x", subtasks=[SubtaskAnnotation("Do it", 0, 15, "I do it.", 15)])
+    record.video_qa = [VideoQA("Where was it?", "Left.", 3, 3)]
+    with pytest.raises(ValueError, match="needs 0 <= evidence < asked_at < 16"):
+        record.validate()

@@ -132,3 +132,38 @@ def test_history_questions_are_answered_from_earlier_frames_and_train_as_video_q
     assert sum(s.role == "history_frame" for s in batch.plan.segments) == 3
     assert batch.vqa_loss_targets.numel() > 0 and batch.text_loss_targets.numel() == 0
     assert not any(s.history for s in DemoVQADataset(LeRobotDataset(root), None, DemoVQAConfig(stride=5)))
+
+
+def test_vlm_video_qa_pairs_become_history_samples_with_their_evidence_frame(tmp_path):
+    from emcot.training.annotation.annotations import AnnotationWriter, VideoQA, read_annotations
+
+    root, sidecar = mw_like_dataset(tmp_path / "mw")
+    annotations = read_annotations(sidecar)
+    first = annotations[0]
+    first.video_qa = [VideoQA("What colour was the first frame's left edge?", "It was dark red.", 23, 3)]
+    with AnnotationWriter(sidecar) as writer:
+        writer.write(first)
+    config = DemoVQAConfig(stride=5, history=True)
+    vqa = DemoVQADataset(LeRobotDataset(root), sidecar, config)
+    rule_frames = 2 * len(range(0, T, 5))
+    assert len(vqa) == rule_frames + 1  # one sample per pair, after the rule anchors
+    sample = vqa[rule_frames]
+    assert (sample.instruction, sample.reasoning) == (
+        "What colour was the first frame's left edge?",
+        "It was dark red.",
+    )
+    assert sample.metadata["frame"] == 23 and sample.kind is SampleKind.VQA
+    frames = pick_place(0)[3]
+    kept = [next(k for k in range(T) if np.array_equal(frames[k], h.frame)) for h in sample.history]
+    assert kept == [0, 3, 5, 10, 15, 20]  # the anchors before frame 23, with the evidence frame among them
+    assert [len(h.actions) for h in sample.history] == [3, 2, 5, 5, 5, 3]  # actions until the next one
+    np.testing.assert_array_equal(sample.observation.images["corner2"], frames[23])
+    # without history the pairs are not asked (their answers need the past)
+    assert len(DemoVQADataset(LeRobotDataset(root), sidecar, DemoVQAConfig(stride=5))) == rule_frames
+    # a fresh policy's tokenizer learns the pairs' words too
+    from emcot.training.data.sources import DataSpec
+    from emcot.training.policy_files import fresh_corpus
+
+    spec = DataSpec("lerobot_vqa", path=str(root), options={"annotations": str(sidecar), "history": True})
+    corpus = fresh_corpus(LeRobotDataset(root), [spec])
+    assert {"What colour was the first frame's left edge?", "It was dark red."} <= set(corpus)
