@@ -2,7 +2,7 @@
 
 API:
 - ``CollectConfig(tasks, out, episodes=50, seed=0, resolution=128, cameras=("corner2",),
-  storage=Storage.VIDEO, keep_failed=False, max_steps=500, max_attempts=None)`` — ``tasks`` may
+  storage=Storage.VIDEO, keep_failed=False, max_steps=500, max_attempts=None, action_noise=0.0)`` — ``tasks`` may
   name splits (``easy``, ``mt10`` …) and short names (``push``); they are expanded.
 - ``collect_metaworld(config, *, make_env=None, make_expert=None, progress=True) -> CollectSummary``;
   ``make_env(task, MetaWorldConfig)`` / ``make_expert(task)`` default to ``MetaWorldEnv`` /
@@ -16,7 +16,8 @@ task succeeded; with ``keep_failed`` every attempt is an episode. Episodes stop 
 Each frame holds the camera images and ``observation.state`` (``obs[:4]``) seen *before* the expert's
 action, the action, and the simulator columns of ``training.annotation.sim_rules`` (``sim.*``: the
 gripper opening, ``grasp_success``, ``near_object``, ``obj_to_target``, ``success`` and the object
-position) as they are *after* that action.
+position) as they are *after* that action. With ``action_noise`` the executed action is perturbed
+and the recorded one is the expert's (DART: the labels show recoveries; see ``record_episode``).
 
 Resumable: every finished attempt is saved (atomically) under ``OUT/collect-work/<task>/`` and a
 rerun reuses it, so a killed run continues where it stopped and asking for more episodes collects
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from emcot.eval.envs.base import Env
 from emcot.eval.envs.metaworld import MetaWorldConfig
 from emcot.eval.envs.metaworld_tasks import expand_tasks
-from emcot.io_utils import AT_LEAST_ONE, check_fields, parse_choice
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, check_fields, parse_choice
 from emcot.training.annotation.sim_rules import GRIPPER_COLUMN, OBJECT_COLUMN, SIM_INFO_KEYS, SIM_PREFIX
 from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
 
@@ -50,7 +51,9 @@ FPS = 80
 # The evaluation protocol seeds episode i of every task with 1000 + i, for up to 500 episodes.
 EVAL_SEEDS = range(1000, 1500)
 WORK_DIR = "collect-work"
-_MANIFEST_KEYS = ("resolution", "cameras", "max_steps")
+_MANIFEST_KEYS = ("resolution", "cameras", "max_steps", "action_noise")
+# What a manifest written before a key existed meant by it.
+_MANIFEST_DEFAULTS = {"action_noise": 0.0}
 
 
 class Storage(str, enum.Enum):
@@ -82,10 +85,13 @@ class CollectConfig:
     keep_failed: bool = False
     max_steps: int = 500
     max_attempts: int | None = None
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage", parse_choice(Storage, self.storage, "camera storage"))
-        check_fields(self, "CollectConfig", episodes=AT_LEAST_ONE, max_steps=AT_LEAST_ONE)
+        check_fields(
+            self, "CollectConfig", episodes=AT_LEAST_ONE, max_steps=AT_LEAST_ONE, action_noise=NON_NEGATIVE
+        )
         if not self.tasks or not self.cameras:
             raise ValueError("CollectConfig needs at least one task and one camera.")
         # Split names ("easy", "mt10") and short names ("push") become the task names they stand for.
@@ -171,8 +177,13 @@ class Attempt(NamedTuple):
     episode: EpisodeData | None
 
 
-def record_episode(env: Env, expert: Expert, seed: int) -> Attempt:
-    """Run ``expert`` in ``env`` from ``seed`` until the first success or the step cap."""
+def record_episode(env: Env, expert: Expert, seed: int, action_noise: float = 0.0) -> Attempt:
+    """Run ``expert`` in ``env`` from ``seed`` until the first success or the step cap.
+
+    With ``action_noise`` σ > 0 the env executes the expert's action plus N(0, σ²) on the xyz
+    dimensions (clipped to [-1, 1], seeded by ``seed``) while the expert's own action is recorded:
+    DART-style demos that show how the expert recovers from states a clean demo never visits."""
+    rng = np.random.default_rng([seed, 1])
     observation = env.reset(seed)
     frames: dict[str, list[np.ndarray]] = {name: [] for name in env.cameras}
     states, actions = [], []
@@ -185,7 +196,11 @@ def record_episode(env: Env, expert: Expert, seed: int) -> Attempt:
             frames[name].append(observation.images[name])
         states.append(observation.state)
         actions.append(action)
-        outcome = env.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action.copy()
+            executed[:3] = np.clip(action[:3] + rng.normal(0.0, action_noise, 3), -1.0, 1.0)
+        outcome = env.step(executed)
         observation = outcome.observation
         signals[GRIPPER_COLUMN].append(observation.raw[3])
         signals[OBJECT_COLUMN].append(observation.raw[4:7])
@@ -217,10 +232,10 @@ class WorkFolder:
         wanted = json.loads(json.dumps({key: getattr(config, key) for key in _MANIFEST_KEYS}))
         if manifest.is_file():
             found = json.loads(manifest.read_text())
-            if {key: found.get(key) for key in _MANIFEST_KEYS} != wanted:
+            if {key: found.get(key, _MANIFEST_DEFAULTS.get(key)) for key in _MANIFEST_KEYS} != wanted:
                 raise ValueError(
                     f"{self.root} holds episodes collected with {found}, not {wanted}; use the same "
-                    f"--resolution/--cameras/--max-steps or another --out folder."
+                    f"--resolution/--cameras/--max-steps/--action-noise or another --out folder."
                 )
         else:
             manifest.write_text(json.dumps(wanted, indent=2))
@@ -343,7 +358,7 @@ class _Run:
                     if simulator is None:  # a task whose attempts are all saved never starts it
                         simulator = (self.make_env(task, config.env_config()), self.make_expert(task))
                     started = time.perf_counter()
-                    attempt = record_episode(*simulator, seed)
+                    attempt = record_episode(*simulator, seed, config.action_noise)
                     self.summary.seconds_collecting += time.perf_counter() - started
                     self.summary.collected += 1
                     self.work.save(task, seed, attempt, with_frames=attempt.success or config.keep_failed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from emcot.cli.args import output_folder, positive_int, seed_number
+from emcot.cli.args import finite_float, output_folder, positive_int, seed_number
 
 
 def _collect_metaworld(args: argparse.Namespace) -> int:
@@ -27,6 +27,7 @@ def _collect_metaworld(args: argparse.Namespace) -> int:
         keep_failed=args.keep_failed,
         max_steps=args.max_steps,
         max_attempts=args.max_attempts,
+        action_noise=args.action_noise,
     )
     summary = collect_metaworld(config, progress=not args.no_progress)
     print(summary.format(config.episodes))
@@ -56,6 +57,12 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=positive_int, default=500, help="step cap of an episode")
     parser.add_argument(
         "--max-attempts", type=positive_int, help="attempts per task at most (default: twice --episodes)"
+    )
+    parser.add_argument(
+        "--action-noise",
+        type=finite_float,
+        default=0.0,
+        help="σ of Gaussian noise added to the executed xyz actions; the expert's action is recorded (DART)",
     )
     parser.add_argument("--no-progress", action="store_true")
 

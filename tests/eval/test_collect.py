@@ -238,3 +238,40 @@ def test_emcot_annotate_rule_backend_on_a_collected_dataset(collected, tmp_path)
             assert sub.subgoal_frame == sub.end
             assert " I " in f" {sub.reasoning}"  # first person
         assert "I first move my gripper" in annotation.subtasks[0].reasoning
+
+
+def test_action_noise_perturbs_what_runs_and_records_the_experts_action(tmp_path):
+    from emcot.eval.collect import record_episode
+
+    class LoggingEnv(FakeEnv):
+        def __init__(self):
+            super().__init__("push-v3", None)
+            self.executed = []
+
+        def step(self, action):
+            self.executed.append(np.asarray(action).copy())
+            return super().step(action)
+
+    class ReachingExpert(FakeExpert):
+        def action(self, raw):
+            return np.array([0.5, -0.2, 0.1, 1.0], np.float32)
+
+    env = LoggingEnv()
+    noisy = record_episode(env, ReachingExpert("push"), seed=2, action_noise=0.3)
+    np.testing.assert_array_equal(noisy.episode.actions, np.tile(np.float32([0.5, -0.2, 0.1, 1.0]), (3, 1)))
+    executed = np.stack(env.executed)
+    assert (executed[:, :3] != noisy.episode.actions[:, :3]).all() and (executed[:, 3] == 1.0).all()
+    assert (np.abs(executed) <= 1.0).all()
+    again = LoggingEnv()
+    record_episode(again, ReachingExpert("push"), seed=2, action_noise=0.3)
+    np.testing.assert_array_equal(np.stack(again.executed), executed)  # seeded by the episode seed
+    clean = LoggingEnv()
+    record_episode(clean, ReachingExpert("push"), seed=2)
+    np.testing.assert_array_equal(np.stack(clean.executed), noisy.episode.actions)
+    # a work folder remembers the noise it was collected with
+    runs: list = []
+    _fake(tmp_path / "ds", runs, action_noise=0.1)
+    with pytest.raises(ValueError, match="collected with"):
+        _fake(tmp_path / "ds", runs)
+    with pytest.raises(ValueError, match="action_noise"):
+        CollectConfig(tasks=("push",), out=str(tmp_path / "x"), action_noise=-1.0)
