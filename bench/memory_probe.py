@@ -47,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     policy = EmCoTPolicy.from_pretrained(args.policy)
     cue_shifts, color_shifts, toward = [], [], 0
-    for demo in cue_demos(args.episodes, seed=5000):
+    demos = cue_demos(args.episodes, seed=5000)
+    for demo in demos:
         by_cue = {side: push_target(policy, demo, side, demo.color) for side in ("left", "right")}
         cue_shifts.append(by_cue["right"] - by_cue["left"])
         toward += int((by_cue[demo.side] - 0.5) * (1 if demo.side == "right" else -1) > 0)
@@ -64,7 +65,6 @@ def main() -> None:
         f"block target x, right-group colour − left-group colour (true cue kept): {np.mean(color_shifts):.3f}"
     )
     if args.vqa:
-        demos = cue_demos(args.episodes, seed=5000)
         right = sum(answer_loss(policy, d, d.side) < answer_loss(policy, d, other(d.side)) for d in demos)
         print(f"video-QA 'Which side did the light show?': true side more likely in {right}/{len(demos)}")
 

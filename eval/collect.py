@@ -32,7 +32,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, overload
 
@@ -52,8 +52,6 @@ FPS = 80
 EVAL_SEEDS = range(1000, 1500)
 WORK_DIR = "collect-work"
 _MANIFEST_KEYS = ("resolution", "cameras", "max_steps", "action_noise")
-# What a manifest written before a key existed meant by it.
-_MANIFEST_DEFAULTS = {"action_noise": 0.0}
 
 
 class Storage(str, enum.Enum):
@@ -232,7 +230,9 @@ class WorkFolder:
         wanted = json.loads(json.dumps({key: getattr(config, key) for key in _MANIFEST_KEYS}))
         if manifest.is_file():
             found = json.loads(manifest.read_text())
-            if {key: found.get(key, _MANIFEST_DEFAULTS.get(key)) for key in _MANIFEST_KEYS} != wanted:
+            # A key a manifest predates meant the field's default (e.g. no action noise).
+            defaults = {f.name: f.default for f in fields(CollectConfig)}
+            if {key: found.get(key, defaults[key]) for key in _MANIFEST_KEYS} != wanted:
                 raise ValueError(
                     f"{self.root} holds episodes collected with {found}, not {wanted}; use the same "
                     f"--resolution/--cameras/--max-steps/--action-noise or another --out folder."

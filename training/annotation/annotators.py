@@ -19,6 +19,7 @@ from emcot.training.annotation.primitives import PrimitiveSegment, primitive_log
 from emcot.training.annotation.sim_rules import SimRuleAnnotator, SimRuleConfig, SimSignals
 from emcot.training.annotation.vlm_backends import BackendError, VLMBackend, VLMRequest
 from emcot.training.annotation.vlm_prompts import (
+    STAGES,
     ReplyError,
     load_prompt,
     parse_alignment,
@@ -124,9 +125,7 @@ class VLMAnnotator:
     def __init__(self, backend: VLMBackend, config: VLMAnnotatorConfig | None = None):
         self.backend = backend
         self.config = config or VLMAnnotatorConfig()
-        stages = ("narrative", "subtasks", "alignment") + (
-            ("video_qa",) if self.config.video_qa_pairs else ()
-        )
+        stages = [s for s in STAGES if s != "video_qa" or self.config.video_qa_pairs]
         self.prompts = {s: load_prompt(s, self.config.prompt_version) for s in stages}
 
     @property
