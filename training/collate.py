@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from emcot.io_utils import UNIT_INTERVAL, check_fields
 from emcot.memory.history import HistoryInputs, encode_history, select_history
@@ -54,6 +55,45 @@ class ConditionDropout:
         return rng.random() < self.text, rng.random() < self.vit, rng.random() < self.vae
 
 
+@dataclass(frozen=True)
+class SubgoalBlur:
+    """Subgoals of imagined quality for the tokens that read them.
+
+    At run time the action chunk reads the model's *imagined* subgoal, blurrier than any real frame
+    training shows it (``bench/trace_quality.py``: 21.8 dB against the real frame, 35.7 dB for the
+    codec's own reconstruction). With probability ``p`` a full trace's subgoal is shown to what
+    follows it — its clean latent copy and ViT copy — shrunk by a random factor in
+    ``[2, max_factor]`` and scaled back, while its noisy segment still learns the sharp frame.
+    """
+
+    p: float = 0.0
+    max_factor: int = 4
+
+    def __post_init__(self) -> None:
+        check_fields(self, "data.subgoal_blur", p=UNIT_INTERVAL)
+        if self.max_factor < 2:
+            raise ValueError(f"data.subgoal_blur.max_factor must be ≥ 2, got {self.max_factor}")
+
+    def draw(self, rng: np.random.Generator | None) -> int:
+        """The shrink factor for one subgoal (1: shown sharp); no draw at p = 0, so old runs replay exactly."""
+        if rng is None or self.p == 0.0 or rng.random() >= self.p:
+            return 1
+        return int(rng.integers(2, self.max_factor + 1))
+
+
+def blur_rgb(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` shrunk ``factor``× by area averaging and scaled back bicubically (unchanged at 1)."""
+    if factor == 1:
+        return image
+    height, width = image.shape[:2]
+    small = np.asarray(
+        Image.fromarray(image).resize(
+            (max(1, width // factor), max(1, height // factor)), Image.Resampling.BOX
+        )
+    )
+    return resize_rgb(small, (height, width))
+
+
 def vqa_turns(sample: EmCoTSample) -> list[tuple[str, str]]:
     """``metadata["turns"]`` as (question, answer) pairs, else the single pair (instruction, reasoning)."""
     turns = sample.metadata.get("turns")
@@ -87,9 +127,15 @@ _Encoder = Callable[[EmCoTSample, np.random.Generator | None, bool], _Encoded]
 class SampleCollator:
     """Turns :class:`EmCoTSample` lists of any kind into packed :class:`SampleBatch` es with the shared planner."""
 
-    def __init__(self, processor: EmCoTProcessor, dropout: ConditionDropout | None = None) -> None:
+    def __init__(
+        self,
+        processor: EmCoTProcessor,
+        dropout: ConditionDropout | None = None,
+        subgoal_blur: SubgoalBlur | None = None,
+    ) -> None:
         self.processor = processor
         self.dropout = dropout or ConditionDropout()
+        self.subgoal_blur = subgoal_blur or SubgoalBlur()
         config = processor.config
         if config.vae is None:
             self.latent_grid = (0, 0)
@@ -203,9 +249,12 @@ class SampleCollator:
         subgoal_vit = None
         if mode.imagines:
             subgoal = self._vae_image(sample.subgoal)
-            latents.append(to_unit_range(subgoal) if encode else torch.zeros(0))
+            # The noisy segment learns the sharp frame; the copies after it may show a blurred one.
+            shown = blur_rgb(subgoal, self.subgoal_blur.draw(rng))
+            for image in (subgoal, shown) if shown is not subgoal else (subgoal,):
+                latents.append(to_unit_range(image) if encode else torch.zeros(0))
             if config.subgoal_vit_copy:
-                subgoal_vit = self._vit(subgoal, encode)
+                subgoal_vit = self._vit(shown, encode)
         layout = self.layout_for(
             sample,
             mode,
@@ -214,7 +263,7 @@ class SampleCollator:
             history,
         )
         out = _Encoded(layout, history.vit + vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
-        out.latent_refs = [0, 0] if mode.imagines else []
+        out.latent_refs = [0, len(latents) - 1] if mode.imagines else []
         out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
         if encode:
             state = proc.encode_state(sample.observation, sample.robot)

@@ -6,7 +6,8 @@ Data sources are registered in :mod:`emcot.training.data.sources`, the initial p
 Shipped recipes live in ``emcot/training/recipes/*.yaml``: ``stage1-tiny``, ``stage2-tiny``,
 ``finetune-tiny`` (CPU, minutes, synthetic data by default) and ``stage1-halo-4.5b``,
 ``stage2-halo-4.5b``, ``finetune-halo-4.5b`` (the HALO release's settings), ``mw-stage1-small``,
-``mw-stage2-small``, ``mw-reactive-small`` (the ``small`` preset on Meta-World demos).
+``mw-stage2-small``, ``mw-reactive-small`` (the ``small`` preset on Meta-World demos),
+``mw-recovery-small`` (more stage 2 for a finished one, on clean plus DART recovery demos).
 
 A recipe file may use ``${NAME}`` / ``${NAME:-default}``: environment variables (e.g. the dataset
 path ``EMCOT_MW_DATA``) point a shipped recipe elsewhere without copying it.
@@ -35,7 +36,7 @@ from emcot.io_utils import (
     check_value,
     dataclass_from_dict,
 )
-from emcot.training.collate import ConditionDropout
+from emcot.training.collate import ConditionDropout, SubgoalBlur
 from emcot.training.data.sources import DataSpec
 from emcot.training.divergence import OnDivergence
 from emcot.training.finetune import FinetuneConfig
@@ -99,7 +100,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training mixture, its packing budget, condition dropout and an optional validation mixture.
+    """The training mixture, its packing budget, condition dropout, subgoal blur (see
+    :class:`~emcot.training.collate.SubgoalBlur`) and an optional validation mixture.
 
     ``frame_cache_gb``: the per-process budget of decoded video frames kept in memory
     (``training.data.frame_cache``); random packing re-reads episodes, so a budget that holds the
@@ -109,6 +111,7 @@ class DataConfig:
     datasets: tuple[DataSpec, ...] = ()
     packing: PackingConfig = PackingConfig()
     dropout: ConditionDropout = ConditionDropout()
+    subgoal_blur: SubgoalBlur = SubgoalBlur()
     validation: tuple[DataSpec, ...] = ()
     validation_packs: int = 2
     frame_cache_gb: float = 2.0
@@ -120,6 +123,7 @@ class DataConfig:
             object.__setattr__(self, name, specs)
         object.__setattr__(self, "packing", _build(PackingConfig, self.packing, "data.packing"))
         object.__setattr__(self, "dropout", _build(ConditionDropout, self.dropout, "data.dropout"))
+        object.__setattr__(self, "subgoal_blur", _build(SubgoalBlur, self.subgoal_blur, "data.subgoal_blur"))
         if not self.datasets:
             raise ValueError("the recipe's data.datasets is empty; list at least one data source")
 

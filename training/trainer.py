@@ -154,7 +154,7 @@ class Trainer:
         if recipe.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         horizon = model.config.action.horizon
-        self.collator = SampleCollator(policy.processor, recipe.data.dropout)
+        self.collator = SampleCollator(policy.processor, recipe.data.dropout, recipe.data.subgoal_blur)
         data = recipe.data
         frame_cache().set_budget(int(data.frame_cache_gb * (1 << 30)))
         self.packer = TokenPacker(

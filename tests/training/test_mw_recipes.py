@@ -25,7 +25,7 @@ assert _spec is not None and _spec.loader is not None
 demo_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_data)
 
-RECIPES = ("mw-stage1-small", "mw-stage2-small", "mw-reactive-small")
+RECIPES = ("mw-stage1-small", "mw-stage2-small", "mw-reactive-small", "mw-recovery-small")
 
 
 def tiny(recipe: Recipe) -> Recipe:
@@ -91,6 +91,9 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     first = train(stage1, tmp_path / "stage1")
     assert first.step == 1 and np.isfinite(first.losses).all()
     monkeypatch.setenv("EMCOT_MW_STAGE1", str(tmp_path / "stage1"))
+    # The recovery recipe continues a finished policy (here: the stage-1 run) on two datasets.
+    monkeypatch.setenv("EMCOT_MW_STAGE2", str(tmp_path / "stage1"))
+    monkeypatch.setenv("EMCOT_MW_DART", str(mw_data[0]))
     for name in RECIPES[1:]:
         recipe = tiny(load_recipe(name))
         assert recipe.model.init == str(tmp_path / "stage1")
@@ -111,6 +114,15 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
         stage2.optim,
     )
     assert {d.options.get("mode") for d in reactive.data.datasets} == {"action"}
+    # Recovery: stage 2's kinds of samples, from both datasets, at a lower peak learning rate.
+    recovery = load_recipe("mw-recovery-small")
+    assert recovery.optim.lr < stage2.optim.lr
+    assert {d.path for d in recovery.data.datasets if d.kind == "lerobot"} == {str(mw_data[0])}
+
+    def kinds(recipe: Recipe) -> set:
+        return {(d.kind, d.options.get("mode"), d.options.get("subgoal")) for d in recipe.data.datasets}
+
+    assert kinds(recovery) == kinds(stage2)
 
 
 def test_a_fresh_policy_takes_a_trained_codec_with_its_calibration(mw_data, tmp_path):

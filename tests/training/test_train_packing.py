@@ -19,7 +19,7 @@ from emcot.synthetic.world import (
     synthetic_vqa_samples,
 )
 from emcot.tokenizers.text_base import SpecialTokenIds
-from emcot.training.collate import ConditionDropout, SampleCollator
+from emcot.training.collate import ConditionDropout, SampleCollator, SubgoalBlur, blur_rgb
 from emcot.training.data.vqa import LlavaVQADataset, conversation_turns
 from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
 from emcot.types import SampleKind
@@ -128,6 +128,36 @@ def test_condition_dropout_of_action_only_samples(policy):
     assert kept.plan.segments == full.plan.segments and kept.key_drop is None
     out = policy.model.compute_loss(no_text, torch.Generator().manual_seed(0))
     assert torch.isfinite(out.terms["action"])
+
+
+def test_subgoal_blur_shows_the_copies_a_blurred_frame_and_the_noisy_segment_the_sharp_one(policy):
+    trace = synthetic_samples(1, seed=9)
+    sharp = SampleCollator(policy.processor)(trace, rng=np.random.default_rng(0))
+    blurred = SampleCollator(policy.processor, subgoal_blur=SubgoalBlur(p=1.0, max_factor=2))(
+        trace, rng=np.random.default_rng(0)
+    )
+    # Same layout; one more latent image, which the clean copy (the second latent segment) shows.
+    assert blurred.plan.segments == sharp.plan.segments
+    assert sharp.latent_image_index == [0, 0] and blurred.latent_image_index == [0, 1]
+    torch.testing.assert_close(blurred.latent_images[0], sharp.latent_images[0])
+    frame = policy.processor.config.vae.image_size
+    subgoal = np.asarray(Image.fromarray(trace[0].subgoal).resize(frame[::-1], Image.Resampling.BICUBIC))
+    expected = torch.from_numpy(blur_rgb(subgoal, 2).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    torch.testing.assert_close(blurred.latent_images[1], expected)
+    assert not torch.equal(blurred.latent_images[1], sharp.latent_images[0])
+    # The ViT copy of the subgoal (the last image patches) reads the blurred frame too.
+    n = sharp.vit_grids[-1][0] * sharp.vit_grids[-1][1]
+    assert torch.equal(blurred.vit_patches[:-n], sharp.vit_patches[:-n])
+    assert not torch.equal(blurred.vit_patches[-n:], sharp.vit_patches[-n:])
+    assert torch.isfinite(policy.model.compute_loss(blurred, torch.Generator().manual_seed(0)).loss)
+    # p = 0 draws nothing, so runs without blur replay exactly; a factor shrinks by area averaging.
+    rng = np.random.default_rng(3)
+    assert SubgoalBlur().draw(rng) == 1 and rng.random() == np.random.default_rng(3).random()
+    assert {SubgoalBlur(p=1.0, max_factor=4).draw(rng) for _ in range(50)} == {2, 3, 4}
+    flat = np.full((8, 8, 3), 77, np.uint8)
+    assert np.array_equal(blur_rgb(flat, 4), flat) and blur_rgb(subgoal, 1) is subgoal
+    with pytest.raises(ValueError, match="max_factor must be ≥ 2"):
+        SubgoalBlur(p=0.5, max_factor=1)
 
 
 def test_padding_adds_loss_free_tokens(policy, mixed):
