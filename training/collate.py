@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from emcot.io_utils import UNIT_INTERVAL, check_fields
+from emcot.io_utils import UNIT_INTERVAL, Range, check_fields
 from emcot.memory.history import HistoryInputs, encode_history, select_history
 from emcot.model.inputs import SampleBatch
 from emcot.policy.processor import EmCoTProcessor
@@ -70,9 +70,7 @@ class SubgoalBlur:
     max_factor: int = 4
 
     def __post_init__(self) -> None:
-        check_fields(self, "data.subgoal_blur", p=UNIT_INTERVAL)
-        if self.max_factor < 2:
-            raise ValueError(f"data.subgoal_blur.max_factor must be ≥ 2, got {self.max_factor}")
+        check_fields(self, "data.subgoal_blur", p=UNIT_INTERVAL, max_factor=Range(ge=2))
 
     def draw(self, rng: np.random.Generator | None) -> int:
         """The shrink factor for one subgoal (1: shown sharp); no draw at p = 0, so old runs replay exactly."""
@@ -251,8 +249,9 @@ class SampleCollator:
             subgoal = self._vae_image(sample.subgoal)
             # The noisy segment learns the sharp frame; the copies after it may show a blurred one.
             shown = blur_rgb(subgoal, self.subgoal_blur.draw(rng))
-            for image in (subgoal, shown) if shown is not subgoal else (subgoal,):
-                latents.append(to_unit_range(image) if encode else torch.zeros(0))
+            latents.append(to_unit_range(subgoal) if encode else torch.zeros(0))
+            if shown is not subgoal:
+                latents.append(to_unit_range(shown) if encode else torch.zeros(0))
             if config.subgoal_vit_copy:
                 subgoal_vit = self._vit(shown, encode)
         layout = self.layout_for(

@@ -19,6 +19,7 @@ from emcot.synthetic.world import (
     synthetic_vqa_samples,
 )
 from emcot.tokenizers.text_base import SpecialTokenIds
+from emcot.tokenizers.vae import resize_rgb, to_unit_range
 from emcot.training.collate import ConditionDropout, SampleCollator, SubgoalBlur, blur_rgb
 from emcot.training.data.vqa import LlavaVQADataset, conversation_turns
 from emcot.training.packing import MixtureStream, PackingConfig, TokenPacker, shard_packs
@@ -140,17 +141,15 @@ def test_subgoal_blur_shows_the_copies_a_blurred_frame_and_the_noisy_segment_the
     assert blurred.plan.segments == sharp.plan.segments
     assert sharp.latent_image_index == [0, 0] and blurred.latent_image_index == [0, 1]
     torch.testing.assert_close(blurred.latent_images[0], sharp.latent_images[0])
-    frame = policy.processor.config.vae.image_size
-    subgoal = np.asarray(Image.fromarray(trace[0].subgoal).resize(frame[::-1], Image.Resampling.BICUBIC))
-    expected = torch.from_numpy(blur_rgb(subgoal, 2).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
-    torch.testing.assert_close(blurred.latent_images[1], expected)
+    subgoal = resize_rgb(trace[0].subgoal, policy.processor.config.vae.image_size)
+    torch.testing.assert_close(blurred.latent_images[1], to_unit_range(blur_rgb(subgoal, 2)))
     assert not torch.equal(blurred.latent_images[1], sharp.latent_images[0])
     # The ViT copy of the subgoal (the last image patches) reads the blurred frame too.
     n = sharp.vit_grids[-1][0] * sharp.vit_grids[-1][1]
     assert torch.equal(blurred.vit_patches[:-n], sharp.vit_patches[:-n])
     assert not torch.equal(blurred.vit_patches[-n:], sharp.vit_patches[-n:])
     assert torch.isfinite(policy.model.compute_loss(blurred, torch.Generator().manual_seed(0)).loss)
-    # p = 0 draws nothing, so runs without blur replay exactly; a factor shrinks by area averaging.
+    # Without blur no random number is drawn (old runs replay exactly); factors cover [2, max].
     rng = np.random.default_rng(3)
     assert SubgoalBlur().draw(rng) == 1 and rng.random() == np.random.default_rng(3).random()
     assert {SubgoalBlur(p=1.0, max_factor=4).draw(rng) for _ in range(50)} == {2, 3, 4}
