@@ -58,7 +58,9 @@ def assert_same_run(one, two, rel: float) -> None:
         w2 = load_file(two / name / "model.safetensors")
         assert w1.keys() == w2.keys()
         for key in w1:
-            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5)
+            # Two processes sum gradients in another order than one; on AVX-512 CPUs a weight
+            # has been seen to differ by 3.4e-5 after the run.
+            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
