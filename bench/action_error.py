@@ -31,7 +31,7 @@ def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Na
     """Per task: squared errors [frames, action_dim] of the policy and of the two references."""
     camera = policy.cameras[0]
     data_camera = camera if camera in dataset.cameras else next(iter(dataset.cameras))
-    mean_action = np.concatenate([dataset.episode(i).actions for i in dataset.episode_indices]).mean(0)
+    mean_action = dataset.stats[dataset.action_key]["mean"]  # the dataset's own statistics
     errors: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     for index in dataset.episode_indices:
         episode = dataset.episode(index)
