@@ -6,7 +6,10 @@ recorded ones (mean squared error per action dimension, in robot units). Run it 
 training seeds and on demos with held-out seeds: a train error far below the held-out one means
 the policy memorises (more data would help), equal errors mean it has not fit its own data yet
 (more training would help). Two references calibrate the numbers: predicting the dataset's mean
-action, and holding the expert's previous action for the whole chunk.
+action, and holding the expert's previous action for the whole chunk. With ``--swap-images`` the
+policy is also scored on the same state and time step but the camera frame of *another* episode of
+the same task (other object and goal positions, and that episode's hand): an error no worse than
+with its own frame means the policy does not read the scene from the image.
 
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 0 --out data/mw-train4
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 1500 --out data/mw-held4
@@ -33,19 +36,27 @@ def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Na
     data_camera = camera if camera in dataset.cameras else next(iter(dataset.cameras))
     mean_action = dataset.stats[dataset.action_key]["mean"]  # the dataset's own statistics
     errors: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    for index in dataset.episode_indices:
-        episode = dataset.episode(index)
-        images = episode.images(data_camera)
+    episodes = [dataset.episode(index) for index in dataset.episode_indices]
+    frames = [episode.images(data_camera) for episode in episodes]
+    for i, (index, episode) in enumerate(zip(dataset.episode_indices, episodes)):
+        images = frames[i]
+        # The next episode of the same task (cyclically) lends its frames to --swap-images.
+        same_task = [j for j, e in enumerate(episodes) if e.instruction == episode.instruction]
+        other = frames[same_task[(same_task.index(i) + 1) % len(same_task)]]
         for t in range(0, len(episode) - args.horizon, args.stride):
-            observation = Observation(images={camera: images[t]}, state=episode.states[t])
-            trace = policy.generate_trace(
-                observation, episode.instruction, mode=args.mode, seed=index * 1000 + t
-            )
             expert = episode.actions[t : t + args.horizon]
-            predicted = np.asarray(trace.actions)[: args.horizon]
-            previous = episode.actions[max(t - 1, 0)]
             row = errors[episode.instruction]
-            row["policy"].append(((predicted - expert) ** 2).mean(0))
+            sources = {"policy": images[t]}
+            if args.swap_images and len(same_task) > 1:
+                sources["policy, other episode's frame"] = other[min(t, len(other) - 1)]
+            for label, image in sources.items():
+                observation = Observation(images={camera: image}, state=episode.states[t])
+                trace = policy.generate_trace(
+                    observation, episode.instruction, mode=args.mode, seed=index * 1000 + t
+                )
+                predicted = np.asarray(trace.actions)[: args.horizon]
+                row[label].append(((predicted - expert) ** 2).mean(0))
+            previous = episode.actions[max(t - 1, 0)]
             row["mean action"].append(((mean_action - expert) ** 2).mean(0))
             row["hold previous"].append(((previous - expert) ** 2).mean(0))
     return errors
@@ -53,7 +64,7 @@ def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Na
 
 def report(label: str, errors: dict) -> None:
     """Print one dataset's table: MSE per task for each predictor (xyz mean, gripper)."""
-    predictors = list(next(iter(errors.values())))
+    predictors = list(dict.fromkeys(p for row in errors.values() for p in row))
     print(f"\n{label}: mean squared error per action dimension, first actions of each chunk")
     print("| task | " + " | ".join(f"{p} (xyz / grip)" for p in predictors) + " |")
     print("|" + "---|" * (len(predictors) + 1))
@@ -61,6 +72,9 @@ def report(label: str, errors: dict) -> None:
     for task, row in errors.items():
         cells = []
         for p in predictors:
+            if p not in row:  # a task with a single episode has no other frame to swap in
+                cells.append("—")
+                continue
             mse = np.mean(row[p], axis=0)
             totals[p].append(mse)
             cells.append(f"{mse[:3].mean():.3f} / {mse[3:].mean():.3f}")
@@ -84,6 +98,11 @@ def main() -> None:
     parser.add_argument("--mode", default="reactive", choices=["full", "reason", "reactive"])
     parser.add_argument("--stride", type=int, default=8, help="score every stride-th frame")
     parser.add_argument("--horizon", type=int, default=8, help="actions compared per chunk")
+    parser.add_argument(
+        "--swap-images",
+        action="store_true",
+        help="also score the policy on another episode's frame (does it read the scene?)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

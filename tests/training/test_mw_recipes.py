@@ -25,7 +25,13 @@ assert _spec is not None and _spec.loader is not None
 demo_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_data)
 
-RECIPES = ("mw-stage1-small", "mw-stage2-small", "mw-reactive-small", "mw-recovery-small")
+RECIPES = (
+    "mw-stage1-small",
+    "mw-stage2-small",
+    "mw-reactive-small",
+    "mw-recovery-small",
+    "mw-stage2-more-small",
+)
 
 
 def tiny(recipe: Recipe) -> Recipe:
@@ -91,7 +97,7 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     first = train(stage1, tmp_path / "stage1")
     assert first.step == 1 and np.isfinite(first.losses).all()
     monkeypatch.setenv("EMCOT_MW_STAGE1", str(tmp_path / "stage1"))
-    # The recovery recipe continues a finished policy (here: the stage-1 run) on two datasets.
+    # The recovery and more-stage-2 recipes continue a finished policy (here: the stage-1 run).
     monkeypatch.setenv("EMCOT_MW_STAGE2", str(tmp_path / "stage1"))
     monkeypatch.setenv("EMCOT_MW_DART", str(mw_data[0]))
     for name in RECIPES[1:]:
@@ -123,6 +129,9 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
         return {(d.kind, d.options.get("mode"), d.options.get("subgoal")) for d in recipe.data.datasets}
 
     assert kinds(recovery) == kinds(stage2)
+    # More stage 2: exactly stage 2's data mix, continued at a lower peak learning rate.
+    more = load_recipe("mw-stage2-more-small")
+    assert more.data == stage2.data and more.optim.lr < stage2.optim.lr
 
 
 def test_a_fresh_policy_takes_a_trained_codec_with_its_calibration(mw_data, tmp_path):
