@@ -30,24 +30,34 @@ from emcot.training.data.lerobot import LeRobotDataset
 from emcot.types import Observation
 
 
+def swap_partners(dataset: LeRobotDataset) -> dict[int, int | None]:
+    """Each episode → the next episode of the same task (cyclically), None when it is the only one."""
+    by_task: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for index in dataset.episode_indices:
+        by_task[tuple(dataset.record(index).tasks)].append(index)
+    return {
+        index: (group[(k + 1) % len(group)] if len(group) > 1 else None)
+        for group in by_task.values()
+        for k, index in enumerate(group)
+    }
+
+
 def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Namespace) -> dict:
     """Per task: squared errors [frames, action_dim] of the policy and of the two references."""
     camera = policy.cameras[0]
     data_camera = camera if camera in dataset.cameras else next(iter(dataset.cameras))
     mean_action = dataset.stats[dataset.action_key]["mean"]  # the dataset's own statistics
     errors: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    episodes = [dataset.episode(index) for index in dataset.episode_indices]
-    frames = [episode.images(data_camera) for episode in episodes]
-    for i, (index, episode) in enumerate(zip(dataset.episode_indices, episodes)):
-        images = frames[i]
-        # The next episode of the same task (cyclically) lends its frames to --swap-images.
-        same_task = [j for j, e in enumerate(episodes) if e.instruction == episode.instruction]
-        other = frames[same_task[(same_task.index(i) + 1) % len(same_task)]]
+    lender = swap_partners(dataset) if args.swap_images else {}
+    for index in dataset.episode_indices:
+        episode = dataset.episode(index)
+        images = episode.images(data_camera)
+        other = None if lender.get(index) is None else dataset.episode(lender[index]).images(data_camera)
         for t in range(0, len(episode) - args.horizon, args.stride):
             expert = episode.actions[t : t + args.horizon]
             row = errors[episode.instruction]
             sources = {"policy": images[t]}
-            if args.swap_images and len(same_task) > 1:
+            if other is not None:
                 sources["policy, other episode's frame"] = other[min(t, len(other) - 1)]
             for label, image in sources.items():
                 observation = Observation(images={camera: image}, state=episode.states[t])

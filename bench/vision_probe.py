@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 from emcot.policy import EmCoTPolicy
-from emcot.tokenizers.vision_processing import VisionImageProcessor
 from emcot.training.data.lerobot import LeRobotDataset
 
 OBJECT = "sim.object_position"
@@ -37,7 +36,7 @@ def probe_data(policy: EmCoTPolicy, path: str, args: argparse.Namespace) -> dict
     dataset = LeRobotDataset(path)
     camera = policy.cameras[0]
     data_camera = camera if camera in dataset.cameras else next(iter(dataset.cameras))
-    processor = VisionImageProcessor(policy.config.vision)
+    processor = policy.processor.vision  # the policy's own resize, normalisation and patches
     tokens, pixels, objects, hands, tasks = [], [], [], [], []
     for index in dataset.episode_indices:
         episode = dataset.episode(index)

@@ -283,7 +283,21 @@ def shipped_recipes() -> list[str]:
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe from a YAML path or a shipped recipe name."""
+    """A recipe from a YAML path or a shipped recipe name.
+
+    A recipe with ``base: <name or path>`` starts from that recipe's mapping: each of its own
+    sections replaces the base's keys it names and keeps the rest (so a continuation recipe states
+    only what it changes).
+    """
+    path, data = _recipe_mapping(name_or_path)
+    try:
+        return Recipe.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"recipe {path}: {err}") from None
+
+
+def _recipe_mapping(name_or_path: str | Path, chain: tuple[Path, ...] = ()) -> tuple[Path, dict]:
+    """The recipe's path and its YAML mapping with its ``base`` (if any) merged in."""
     path = Path(name_or_path)
     if not path.is_file():
         path = RECIPE_DIR / f"{name_or_path}.yaml"
@@ -301,7 +315,16 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise ValueError(f"recipe {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a YAML mapping")
-    try:
-        return Recipe.from_dict(data)
-    except ValueError as err:
-        raise ValueError(f"recipe {path}: {err}") from None
+    if "base" not in data:
+        return path, data
+    if path.resolve() in chain:
+        raise ValueError(f"recipe {path}: its base chain loops back to itself")
+    base = str(data.pop("base"))
+    beside = path.parent / base  # a base path is read relative to the recipe that names it
+    _, merged = _recipe_mapping(beside if beside.is_file() else base, (*chain, path.resolve()))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return path, merged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -58,6 +59,21 @@ def test_recipe_errors_name_the_fix(tmp_path):
         build_initial_policy(load_recipe("stage1-halo-4.5b"))
     with pytest.raises(ValueError, match="--init"):
         build_initial_policy(load_recipe("stage2-tiny"), init=str(tmp_path / "missing"))
+
+
+def test_a_recipe_with_a_base_overrides_only_the_keys_it_names(tmp_path):
+    (tmp_path / "parent.yaml").write_text("base: stage2-tiny\nname: parent\noptim: {lr: 1.0e-5}\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nname: child\ntrain: {total_steps: 7}\n")
+    stage2, child = load_recipe("stage2-tiny"), load_recipe(tmp_path / "child.yaml")
+    assert child.name == "child" and child.optim.lr == 1.0e-5 and child.train.total_steps == 7
+    assert child.optim == dataclasses.replace(stage2.optim, lr=1.0e-5)
+    assert child.data == stage2.data and child.train == dataclasses.replace(stage2.train, total_steps=7)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\nname: loop\n")
+    with pytest.raises(ValueError, match="loops back to itself"):
+        load_recipe(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: no-such-recipe\nname: orphan\n")
+    with pytest.raises(ValueError, match="neither a YAML file nor a shipped recipe"):
+        load_recipe(tmp_path / "orphan.yaml")
 
 
 def test_schedule_warms_up_then_decays():
