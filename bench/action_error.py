@@ -9,11 +9,17 @@ the policy memorises (more data would help), equal errors mean it has not fit it
 action, and holding the expert's previous action for the whole chunk. With ``--swap-images`` the
 policy is also scored on the same state and time step but the camera frame of *another* episode of
 the same task (other object and goal positions, and that episode's hand): an error no worse than
-with its own frame means the policy does not read the scene from the image.
+with its own frame means the policy does not read the scene from the image. With
+``--annotated-reasoning`` (reason mode, annotated demos) it is also scored acting on the
+*annotated* reasoning of the frame, teacher-forced as a kept plan (``act_on_plan``), and on the
+annotated reasoning of another episode of the same task at the same step: does the action chunk
+follow what the reasoning says (e.g. its aim point), and how good would it be if the reasoning
+were right?
 
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 0 --out data/mw-train4
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 1500 --out data/mw-held4
     python bench/action_error.py --policy default --data data/mw-train4 data/mw-held4 [--mode reactive]
+    python bench/action_error.py --policy P --data data/mw-held4 --mode reason --annotated-reasoning
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from emcot.inference.plan import KeptPlan
 from emcot.policy import EmCoTPolicy
+from emcot.sequence.layouts import reasoning_ids
+from emcot.training.annotation.annotations import EpisodeAnnotation, read_annotations
+from emcot.training.data.emcot_samples import format_reasoning
 from emcot.training.data.lerobot import LeRobotDataset
 from emcot.types import Observation
 
@@ -42,30 +52,56 @@ def swap_partners(dataset: LeRobotDataset) -> dict[int, int | None]:
     }
 
 
+def annotated_plan(policy: EmCoTPolicy, annotation: EpisodeAnnotation, t: int, instruction: str) -> KeptPlan:
+    """The annotated reasoning of frame ``t`` (clipped to the episode) as a reason-mode plan to act on."""
+    t = min(t, annotation.num_frames - 1)
+    sub = next(i for i, s in enumerate(annotation.subtasks) if s.start <= t <= s.end)
+    text = format_reasoning(annotation, sub, t)
+    proc = policy.processor
+    ids = reasoning_ids(proc.tokenizer.encode(text), proc.special)
+    return KeptPlan(instruction=instruction, reasoning=text, reasoning_ids=ids, subgoal_latents=None)
+
+
 def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Namespace) -> dict:
     """Per task: squared errors [frames, action_dim] of the policy and of the two references."""
     camera = policy.cameras[0]
     data_camera = camera if camera in dataset.cameras else next(iter(dataset.cameras))
     mean_action = dataset.stats[dataset.action_key]["mean"]  # the dataset's own statistics
     errors: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    lender = swap_partners(dataset) if args.swap_images else {}
+    lender = swap_partners(dataset) if args.swap_images or args.annotated_reasoning else {}
+    annotations = read_annotations(dataset.root / "annotations.jsonl") if args.annotated_reasoning else {}
     for index in dataset.episode_indices:
         episode = dataset.episode(index)
         images = episode.images(data_camera)
-        other = None if lender.get(index) is None else dataset.episode(lender[index]).images(data_camera)
+        partner = lender.get(index)
+        other = (
+            None if partner is None or not args.swap_images else dataset.episode(partner).images(data_camera)
+        )
         for t in range(0, len(episode) - args.horizon, args.stride):
             expert = episode.actions[t : t + args.horizon]
             row = errors[episode.instruction]
             sources = {"policy": images[t]}
             if other is not None:
                 sources["policy, other episode's frame"] = other[min(t, len(other) - 1)]
+            seed = index * 1000 + t
             for label, image in sources.items():
                 observation = Observation(images={camera: image}, state=episode.states[t])
-                trace = policy.generate_trace(
-                    observation, episode.instruction, mode=args.mode, seed=index * 1000 + t
-                )
+                trace = policy.generate_trace(observation, episode.instruction, mode=args.mode, seed=seed)
                 predicted = np.asarray(trace.actions)[: args.horizon]
                 row[label].append(((predicted - expert) ** 2).mean(0))
+            plans = {}
+            if args.annotated_reasoning:
+                plans["annotated reasoning"] = annotated_plan(
+                    policy, annotations[index], t, episode.instruction
+                )
+                if partner is not None:
+                    plans["other episode's annotated reasoning"] = annotated_plan(
+                        policy, annotations[partner], t, episode.instruction
+                    )
+            for label, plan in plans.items():
+                observation = Observation(images={camera: images[t]}, state=episode.states[t])
+                trace, _ = policy.act_on_plan(observation, plan, seed=seed)
+                row[label].append(((np.asarray(trace.actions)[: args.horizon] - expert) ** 2).mean(0))
             previous = episode.actions[max(t - 1, 0)]
             row["mean action"].append(((mean_action - expert) ** 2).mean(0))
             row["hold previous"].append(((previous - expert) ** 2).mean(0))
@@ -113,8 +149,15 @@ def main() -> None:
         action="store_true",
         help="also score the policy on another episode's frame (does it read the scene?)",
     )
+    parser.add_argument(
+        "--annotated-reasoning",
+        action="store_true",
+        help="reason mode: also score acting on the annotated reasoning (DATA/annotations.jsonl)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.annotated_reasoning and args.mode != "reason":
+        parser.error("--annotated-reasoning scores reason-mode plans: pass --mode reason")
     torch.set_num_threads(args.threads)
     policy = EmCoTPolicy.load(args.policy)
     for path in args.data:

@@ -4,8 +4,8 @@ Every variant is one resumable ``emcot eval`` folder under ``--out`` (rerun the 
 after an interruption); when all exist, ``emcot compare`` puts them side by side in
 ``OUT/table.md``. Variants: the EM-CoT policy in ``full`` mode re-planning every chunk, every
 ``--every-k`` chunks, on subgoal reached (``--subgoal-threshold``, capped at k chunks) and
-asynchronously every k chunks; in ``reason`` mode every k chunks; in ``reactive`` mode; the
-reactive baseline (``--reactive``); the scripted expert; random actions. Tasks default to the
+asynchronously every k chunks; in ``reason`` mode every k chunks and every chunk; in ``reactive``
+mode; the reactive baseline (``--reactive``); the scripted expert; random actions. Tasks default to the
 EM-CoT policy's card; ``--episodes`` may differ between variants (run them with ``--only``).
 
     python bench/metaworld_study.py --emcot runs/mw-stage2-small/final-ema \\
@@ -50,6 +50,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
             f"full-async-every-{k}", AgentSpec(emcot, ("full",), replan=f"plan_age={k}", async_replan=True)
         ),
         Variant(f"reason-every-{k}", AgentSpec(emcot, ("reason",), replan=f"plan_age={k}")),
+        Variant("reason-every-chunk", AgentSpec(emcot, ("reason",), replan="every_k=1")),
         Variant("reactive-mode", AgentSpec(emcot, ("reactive",), replan="every_k=1")),
     ]
     if args.reactive is not None:

@@ -7,7 +7,11 @@ policy generates a full trace. The subgoal is scored by PSNR (dB, at the codec's
 against the real frame that ends the current sub-task, next to three references: copying the
 current frame (what "no imagination" scores), the codec's own reconstruction of the real subgoal
 (the ceiling the latent space allows), and the same trace with guidance off (``cfg 1``). Reasoning
-is scored by exact match with the annotation's text for that frame.
+is scored by exact match with the annotation's text for that frame and, when the annotation writes
+aim points (``sim-rules-v2``), by the distance in cm between the aim point the policy wrote and the
+annotated one (``aim cm``; a reasoning without one counts in ``aim missing``) next to always
+writing the task's mean aim point for that sub-task (``aim cm task mean``: what a policy blind to the
+scene could do at best).
 
     python bench/trace_quality.py --policy runs/mw-stage2-small/final --data /work/data/mw-heldout \\
         [--frames-per-subtask 2] [--sheet docs/images/metaworld_trace.png]
@@ -31,6 +35,7 @@ from PIL import Image
 from emcot.policy import EmCoTPolicy
 from emcot.tokenizers.vae import resize_rgb
 from emcot.training.annotation.annotations import read_annotations
+from emcot.training.annotation.sim_rules import parse_aim
 from emcot.training.codec import psnr
 from emcot.training.data.emcot_samples import format_reasoning
 from emcot.training.data.lerobot import LeRobotDataset
@@ -59,11 +64,17 @@ def reconstruction(policy: EmCoTPolicy, image: np.ndarray) -> np.ndarray:
 class Scorer:
     """Scores traces of one policy on the frames of annotated held-out episodes."""
 
-    def __init__(self, policy: EmCoTPolicy, dataset: LeRobotDataset, seed: int) -> None:
+    def __init__(
+        self,
+        policy: EmCoTPolicy,
+        dataset: LeRobotDataset,
+        seed: int,
+        mean_aims: dict[tuple[str, int], np.ndarray],
+    ) -> None:
         codec = policy.model.latent_codec
         if codec is None:
             raise SystemExit("this policy has no latent codec, so it imagines no subgoal")
-        self.policy, self.dataset, self.seed = policy, dataset, seed
+        self.policy, self.dataset, self.seed, self.mean_aims = policy, dataset, seed, mean_aims
         self.size = tuple(codec.config.image_size)
         self.camera = policy.cameras[0]
         self.data_camera = self.camera if self.camera in dataset.cameras else next(iter(dataset.cameras))
@@ -91,7 +102,26 @@ class Scorer:
             "codec ceiling": psnr(reconstruction(self.policy, real), real),
             "reasoning exact": float(trace.reasoning.strip() == format_reasoning(annotation, sub, t).strip()),
         }
+        target = parse_aim(annotation.subtasks[sub].reasoning)
+        if target is not None:
+            written = parse_aim(trace.reasoning)
+            scores["aim missing"] = float(written is None)
+            scores["aim cm"] = np.nan if written is None else 100 * float(np.linalg.norm(written - target))
+            mean = self.mean_aims[(episode.instruction, sub)]
+            scores["aim cm task mean"] = 100 * float(np.linalg.norm(mean - target))
         return scores, (frames[t], imagined, end, trace.reasoning)
+
+
+def mean_aims(per_task: dict[str, list[int]], annotations: dict) -> dict[tuple[str, int], np.ndarray]:
+    """(task, sub-task index) → the mean annotated aim point over the task's episodes."""
+    aims: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
+    for task, indices in per_task.items():
+        for index in indices:
+            for sub, subtask in enumerate(annotations[index].subtasks):
+                aim = parse_aim(subtask.reasoning)
+                if aim is not None:
+                    aims[(task, sub)].append(aim)
+    return {key: np.mean(values, axis=0) for key, values in aims.items()}
 
 
 def write_sheet(rows: list[tuple], path: Path, side: int = 128) -> None:
@@ -109,16 +139,17 @@ def write_sheet(rows: list[tuple], path: Path, side: int = 128) -> None:
 def report(scores: dict[str, dict[str, list[float]]], scorer: Scorer, label: str) -> dict[str, float]:
     """Print the per-task table; returns the task-mean of each column."""
     columns = list(next(iter(scores.values())))
-    means = {c: float(np.mean([np.mean(row[c]) for row in scores.values()])) for c in columns}
+    means = {c: float(np.mean([np.nanmean(row[c]) for row in scores.values()])) for c in columns}
     per_trace = 1000 * scorer.seconds / max(scorer.traces, 1)
     print(f"\npolicy {label}; {scorer.traces} traces, {per_trace:.0f} ms per full trace")
     print("| task | " + " | ".join(columns) + " |")
     print("|" + "---|" * (len(columns) + 1))
     for task, row in scores.items():
-        print(f"| {task} | " + " | ".join(f"{np.mean(row[c]):.2f}" for c in columns) + " |")
+        print(f"| {task} | " + " | ".join(f"{np.nanmean(row[c]):.2f}" for c in columns) + " |")
     print("| **mean** | " + " | ".join(f"{means[c]:.2f}" for c in columns) + " |")
     print(
-        "(PSNR in dB at the codec's resolution vs the real end-of-sub-task frame; reasoning: exact-match rate)"
+        "(PSNR in dB at the codec's resolution vs the real end-of-sub-task frame; reasoning: exact-match "
+        "rate; aim: cm from the annotated aim point, missing = rate of reasoning without one)"
     )
     return means
 
@@ -138,12 +169,12 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = LeRobotDataset(args.data)
-    scorer = Scorer(EmCoTPolicy.load(args.policy), dataset, args.seed)
     annotations = read_annotations(args.annotations or Path(args.data) / "annotations.jsonl")
     per_task: dict[str, list[int]] = defaultdict(list)
     for index in dataset.episode_indices:
         if index in annotations and annotations[index].status == "ok":
             per_task[dataset.episode(index).instruction].append(index)
+    scorer = Scorer(EmCoTPolicy.load(args.policy), dataset, args.seed, mean_aims(per_task, annotations))
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     sheet_rows = []
     for task, indices in per_task.items():
@@ -155,12 +186,14 @@ def main() -> None:
                     scores[task][key].append(value)
                 if n == 0 and k == 0:
                     sheet_rows.append((task, *row))
-        print(f"{task}: " + ", ".join(f"{k} {np.mean(v):.2f}" for k, v in scores[task].items()), flush=True)
+        print(
+            f"{task}: " + ", ".join(f"{k} {np.nanmean(v):.2f}" for k, v in scores[task].items()), flush=True
+        )
     means = report(scores, scorer, args.policy)
     for task, *_, reasoning in sheet_rows:
         print(f"  {task}: {reasoning!r}")
     if args.json:
-        tasks = {t: {c: float(np.mean(v)) for c, v in row.items()} for t, row in scores.items()}
+        tasks = {t: {c: float(np.nanmean(v)) for c, v in row.items()} for t, row in scores.items()}
         payload = {"policy": args.policy, "data": args.data, "means": means, "tasks": tasks}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     if args.sheet and sheet_rows:

@@ -38,15 +38,30 @@ class ConditionDropout:
     removes the cameras, so it sees state and instruction alone — the two contexts of action
     guidance. Like HALO, which drops conditions in its action-only data but never in EM-CoT traces,
     samples with reasoning and VQA samples are never dropped: their text is what they learn.
+    ``state`` is not for guidance: it hides the state token of any trace sample (reasoning ones too)
+    from the tokens after it, so the hand must sometimes be found in the camera frame — a pressure to
+    read the image that the state otherwise removes.
     """
 
     text: float = 0.0
     vit: float = 0.0
     vae: float = 0.0
     action_samples: bool = True
+    state: float = 0.0
 
     def __post_init__(self) -> None:
-        check_fields(self, "data.dropout", text=UNIT_INTERVAL, vit=UNIT_INTERVAL, vae=UNIT_INTERVAL)
+        check_fields(
+            self,
+            "data.dropout",
+            text=UNIT_INTERVAL,
+            vit=UNIT_INTERVAL,
+            vae=UNIT_INTERVAL,
+            state=UNIT_INTERVAL,
+        )
+
+    def draw_state(self, rng: np.random.Generator | None) -> bool:
+        """Whether to hide one trace sample's state; no draw at ``state`` 0, so old runs replay exactly."""
+        return rng is not None and self.state > 0.0 and rng.random() < self.state
 
     def draw(self, rng: np.random.Generator | None) -> tuple[bool, bool, bool]:
         """Whether to drop (text, vit, vae) for one sample; nothing without a generator."""
@@ -240,6 +255,7 @@ class SampleCollator:
         # Only action-only samples are dropped, and only when the recipe asks for it.
         dropped = mode is TraceMode.REACTIVE and self.dropout.action_samples
         drop_text, drop_vit, _ = self.dropout.draw(rng if dropped else None)
+        drop_state = self.dropout.draw_state(rng)
         cameras = [] if drop_vit else proc.cameras
         history = self._history(sample, encode)
         vit = [self._vit(sample.observation.images[name], encode) for name in cameras]
@@ -263,7 +279,10 @@ class SampleCollator:
         )
         out = _Encoded(layout, history.vit + vit + ([subgoal_vit] if subgoal_vit else []), latents=latents)
         out.latent_refs = [0, len(latents) - 1] if mode.imagines else []
-        out.drop = [drop_text and s.modality is Modality.TEXT for s in layout.segments]
+        out.drop = [
+            (drop_text and s.modality is Modality.TEXT) or (drop_state and s.role == "state")
+            for s in layout.segments
+        ]
         if encode:
             state = proc.encode_state(sample.observation, sample.robot)
             out.states = history.states + ([state] if state is not None else [])

@@ -41,8 +41,15 @@ def build_initial_policy(recipe: Recipe, init: str | None = None) -> EmCoTPolicy
     source = init or recipe.model.init
     names = [s.value for s in InitSource]
     if source in names:
-        return _INITIAL_POLICIES[InitSource(source)](recipe)
-    return with_config_overrides(_saved_policy(source, names), recipe.model.overrides)
+        policy = _INITIAL_POLICIES[InitSource(source)](recipe)
+    else:
+        policy = with_config_overrides(_saved_policy(source, names), recipe.model.overrides)
+    if recipe.model.generation:
+        try:
+            policy.generation = policy.generation.replace(**recipe.model.generation)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.generation: {err}") from err
+    return policy
 
 
 def with_config_overrides(policy: EmCoTPolicy, overrides: dict) -> EmCoTPolicy:

@@ -71,12 +71,15 @@ class ModelSpec:
     trained on its task texts and annotations; ``dataset`` names it, default the first ``lerobot*``
     data source; ``codec`` optionally a trained latent codec folder — a diffusers AutoencoderKL
     with its ``vae_config.json``); else the path of a saved policy / training output.
+    ``generation``: defaults of :class:`~emcot.inference.options.GenerationOptions` the trained policy
+    saves in place of its starting point's, e.g. ``max_reasoning_tokens`` for longer reasoning.
     """
 
     init: str = "synthetic"
     components: dict = field(default_factory=dict)
     cameras: tuple[str, ...] = ("head",)
     overrides: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
     gradient_checkpointing: bool = False
     preset: str = "tiny"
     dataset: str | None = None

@@ -7,9 +7,15 @@ import os
 from collections.abc import Callable
 
 from emcot.cli.args import finite_float, output_file
-from emcot.training.annotation.annotators import RuleAnnotator, VLMAnnotator, VLMAnnotatorConfig
+from emcot.training.annotation.annotators import (
+    RuleAnnotator,
+    RuleAnnotatorConfig,
+    VLMAnnotator,
+    VLMAnnotatorConfig,
+)
 from emcot.training.annotation.pipeline import ContextConfig, annotate_dataset, parse_episode_list
 from emcot.training.annotation.primitives import ArmSpec, PrimitiveConfig
+from emcot.training.annotation.sim_rules import SimRuleConfig
 from emcot.training.annotation.vlm_backends import (
     OpenAIChatBackend,
     OpenAIConfig,
@@ -57,7 +63,7 @@ def _transformers_annotator(args: argparse.Namespace) -> VLMAnnotator:
 
 # ``--backend`` name → the annotator it builds from the parsed arguments.
 _ANNOTATORS: dict[str, Callable[[argparse.Namespace], VLMAnnotator | RuleAnnotator]] = {
-    "rule": lambda args: RuleAnnotator(),
+    "rule": lambda args: RuleAnnotator(RuleAnnotatorConfig(sim=SimRuleConfig(aim_point=args.aim_points))),
     "openai": _openai_annotator,
     "transformers": _transformers_annotator,
 }
@@ -102,6 +108,12 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-version", default="v1")
     parser.add_argument("--device", default="cpu", help="device of the transformers backend")
     parser.add_argument("--dtype", default="auto", help="dtype of the transformers backend")
+    parser.add_argument(
+        "--aim-points",
+        action="store_true",
+        help="rule backend on simulator data: end each sub-task's reasoning with its aim point "
+        "('I aim at x -4 y 68 z 2.', the hand's place at its end in cm)",
+    )
     parser.add_argument("--no-retry-failed", action="store_true", help="skip episodes recorded as failed")
     parser.add_argument("--no-progress", action="store_true")
 

@@ -1,7 +1,9 @@
 """The bundled synthetic policy gives the traces recorded before the restructure.
 
-Reasoning and subgoal pixels must match exactly; actions to 1e-5, because CPUs with other vector units
-(AVX-512 against AVX2) round float32 matmuls differently in the last bits."""
+Reasoning must match exactly; actions to 1e-5 and subgoal pixels exactly (the recorded hash) or
+within rounding of a later rendering (at most 2 levels, in at most 1 % of the values), because
+CPUs with other vector units (AVX-512 against AVX2, Intel against AMD) round float32 matmuls
+differently in the last bits — enough, now and then, to move a pixel across a rounding edge."""
 
 from __future__ import annotations
 
@@ -36,7 +38,14 @@ def test_trace_matches_the_recorded_one(policy, record):
     assert trace.reasoning == record["reasoning"]
     recorded = np.frombuffer(bytes.fromhex(record["actions"]), dtype=np.float32).reshape(trace.actions.shape)
     np.testing.assert_allclose(trace.actions.astype(np.float32), recorded, rtol=0, atol=1e-5)
-    subgoal = (
-        None if trace.subgoal is None else hashlib.sha256(np.asarray(trace.subgoal).tobytes()).hexdigest()
+    if trace.subgoal is None or record["subgoal_sha256"] is None:
+        assert trace.subgoal is None and record["subgoal_sha256"] is None
+        return
+    pixels = np.asarray(trace.subgoal)
+    if hashlib.sha256(pixels.tobytes()).hexdigest() == record["subgoal_sha256"]:
+        return
+    recorded_pixels = np.frombuffer(bytes.fromhex(record["subgoal_pixels"]), dtype=np.uint8)
+    difference = np.abs(pixels.astype(np.int16).ravel() - recorded_pixels.astype(np.int16))
+    assert difference.max() <= 2 and (difference > 0).mean() <= 0.01, (
+        f"subgoal differs beyond rounding: max {difference.max()} levels in {(difference > 0).mean():.1%} of values"
     )
-    assert subgoal == record["subgoal_sha256"]

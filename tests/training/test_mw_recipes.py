@@ -31,6 +31,7 @@ RECIPES = (
     "mw-reactive-small",
     "mw-recovery-small",
     "mw-stage2-more-small",
+    "mw-stage2-aim-small",
 )
 
 
@@ -132,6 +133,10 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     # More stage 2: exactly stage 2's data mix, continued at a lower peak learning rate.
     more = load_recipe("mw-stage2-more-small")
     assert more.data == stage2.data and more.optim.lr < stage2.optim.lr
+    # Aim points: stage 2's data mix again, on the re-annotated traces, at more-stage-2's learning rate.
+    aim = load_recipe("mw-stage2-aim-small")
+    assert aim.data == stage2.data and aim.optim.lr == more.optim.lr
+    assert aim.train.total_steps < stage2.train.total_steps
 
 
 def test_a_fresh_policy_takes_a_trained_codec_with_its_calibration(mw_data, tmp_path):

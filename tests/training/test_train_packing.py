@@ -131,6 +131,31 @@ def test_condition_dropout_of_action_only_samples(policy):
     assert torch.isfinite(out.terms["action"])
 
 
+def test_state_dropout_hides_the_state_token_of_every_trace_sample(policy):
+    for sample in (synthetic_action_samples(1, seed=8)[0], synthetic_samples(1, seed=7)[0]):
+        full = SampleCollator(policy.processor)([sample])
+        hidden = SampleCollator(policy.processor, ConditionDropout(state=1.0))(
+            [sample], rng=np.random.default_rng(0)
+        )
+        assert hidden.plan.segments == full.plan.segments
+        offsets = full.plan.offsets()
+        state = next(i for i, s in enumerate(full.plan.segments) if s.role == "state")
+        position = offsets[state]
+        assert hidden.key_drop is not None and hidden.key_drop.nonzero().flatten().tolist() == [position]
+        mask = hidden.plan.layout().mask(key_drop=hidden.key_drop)
+        later = full.plan.layout().mask()
+        assert not mask[position + 1 :, position].any() and later[position + 1 :, position].any()
+        # Everything else stays visible exactly as without dropout.
+        others = torch.ones(mask.shape[1], dtype=torch.bool)
+        others[position] = False
+        assert torch.equal(mask[:, others], later[:, others])
+    # At probability 0 no number is drawn, so the other dropouts see the generator they saw before.
+    rng = np.random.default_rng(3)
+    assert not ConditionDropout().draw_state(rng) and rng.random() == np.random.default_rng(3).random()
+    with pytest.raises(ValueError, match="state"):
+        ConditionDropout(state=1.5)
+
+
 def test_subgoal_blur_shows_the_copies_a_blurred_frame_and_the_noisy_segment_the_sharp_one(policy):
     trace = synthetic_samples(1, seed=9)
     sharp = SampleCollator(policy.processor)(trace, rng=np.random.default_rng(0))

@@ -153,3 +153,24 @@ def test_a_trained_policy_takes_config_overrides_that_keep_its_weights(tmp_path)
     with pytest.raises(ValueError, match="'colour' is not a model config field"):
         started(colour="red")
     assert started().model.config.memory.top_k == 0  # no overrides: the policy as saved
+
+
+def test_model_generation_sets_the_defaults_the_trained_policy_saves(tmp_path):
+    data = yaml.safe_load((RECIPE_DIR / "stage1-tiny.yaml").read_text())
+    data["model"]["generation"] = {"max_reasoning_tokens": 160, "mode": "reason"}
+    data["train"].update(total_steps=1, save_every=1, progress=False)
+    recipe = Recipe.from_dict(data)
+    start = build_initial_policy(recipe)
+    assert (start.generation.max_reasoning_tokens, start.generation.mode.value) == (160, "reason")
+    saved = EmCoTPolicy.from_pretrained(train(recipe, tmp_path / "run").policy_dir)
+    assert (saved.generation.max_reasoning_tokens, saved.generation.mode.value) == (160, "reason")
+    # Without the section the starting point's own defaults stay.
+    del data["model"]["generation"]
+    assert build_initial_policy(Recipe.from_dict(data)).generation.max_reasoning_tokens == 96
+    for bad, message in (
+        ({"max_reasoning_tokens": 0}, "model.generation: .*max_reasoning_tokens"),
+        ({"beams": 4}, r"model.generation: unknown generation options \['beams'\]"),
+    ):
+        data["model"]["generation"] = bad
+        with pytest.raises(ValueError, match=message):
+            build_initial_policy(Recipe.from_dict(data))

@@ -131,6 +131,10 @@ class SimRuleConfig:
     place_fraction: float = 0.5
     # A hand displacement shorter than this gives no direction word.
     direction_eps: float = 0.02
+    # End each sub-task's reasoning with where the hand is when it is done ("I aim at x -4 y 68 z 2."):
+    # the place a policy must read from the frame, said in text its action chunk can attend to.
+    # Off by default: the bundled policy was trained without it (and with it did no better, README).
+    aim_point: bool = False
 
     def __post_init__(self):
         positive = dict.fromkeys(
@@ -326,6 +330,23 @@ def _step(phase: Phase, values: dict[str, str], first: bool = False) -> str:
 
 
 _AXES = (("right", "left"), ("forward", "backward"), ("up", "down"))
+# Aim points are written in whole centimetres: about a puck's radius, and two digits per axis.
+_CM_PER_M = 100.0
+
+
+_AIM = re.compile(r"I aim at x (-?\d+) y (-?\d+) z (-?\d+)\.")
+
+
+def aim_sentence(hand: np.ndarray) -> str:
+    """ "I aim at x -4 y 68 z 2.": a hand position (metres) in whole centimetres."""
+    x, y, z = (int(round(float(v) * _CM_PER_M)) for v in hand[:3])
+    return f"I aim at x {x} y {y} z {z}."
+
+
+def parse_aim(text: str) -> np.ndarray | None:
+    """The first aim point written in ``text``, in metres (None when it names none)."""
+    found = _AIM.search(text)
+    return None if found is None else np.array([int(v) for v in found.groups()], np.float64) / _CM_PER_M
 
 
 def _direction(signals: SimSignals, lo: int, hi: int, config: SimRuleConfig) -> str:
@@ -349,21 +370,23 @@ def _join(words: list[str]) -> str:
 class SimRuleAnnotator:
     """Rule annotator for simulator datasets: phases from ``sim.*`` signals, HALO-style reasoning."""
 
-    info = {"backend": "rule", "model": "sim-rules-v1"}
-
     def __init__(self, config: SimRuleConfig | None = None):
         self.config = config or SimRuleConfig()
+        # v2 writes aim points; v1 is the same text without them.
+        self.info = {"backend": "rule", "model": "sim-rules-v2" if self.config.aim_point else "sim-rules-v1"}
 
-    def _reasoning(self, values: dict[str, str], phase: Phase, next_phase: Phase | None) -> str:
+    def _reasoning(self, values: dict[str, str], phase: Phase, next_phase: Phase | None, aim: str) -> str:
         situation = _SITUATIONS.get(phase, "My gripper is at the {obj}.").format(**values)
         then = (
             f", then {_step(next_phase, values)}" if next_phase is not None else ", and then the task is done"
         )
         sentence = f"{situation} {_WORDS[phase][1].format(**values)}{then}."
         words = sentence.split()
-        if len(words) > self.config.max_reasoning_words:
-            sentence = " ".join(words[: self.config.max_reasoning_words]).rstrip(",.") + "."
-        return sentence
+        # The aim point is kept whole: it is the part of the text that depends on the scene.
+        budget = self.config.max_reasoning_words - len(aim.split())
+        if len(words) > budget:
+            sentence = " ".join(words[:budget]).rstrip(",.") + "."
+        return f"{sentence} {aim}" if aim else sentence
 
     def annotate(self, context: EpisodeContext, signals: SimSignals) -> EpisodeAnnotation:
         """Cut the episode at the detected phase changes and write each piece's reasoning."""
@@ -381,8 +404,11 @@ class SimRuleAnnotator:
             values["dir"] = _direction(signals, start, end, self.config)
             following = pieces[i + 1][0] if i + 1 < len(pieces) else None
             text = _WORDS[phase][0].format(**values)
+            aim = (
+                aim_sentence(signals.hand[end]) if self.config.aim_point and signals.hand is not None else ""
+            )
             subtasks.append(
-                SubtaskAnnotation(text, start, end, self._reasoning(values, phase, following), end)
+                SubtaskAnnotation(text, start, end, self._reasoning(values, phase, following, aim), end)
             )
         steps = [_step(phase, values, first=i == 0) for i, (phase, _, _) in enumerate(pieces)]
         plan = f"{values['scene']} To {context.instruction.rstrip('.').lower()}, I will {_join(steps)}."

@@ -26,6 +26,8 @@ from emcot.training.annotation.sim_rules import (
     Phase,
     SimRuleConfig,
     SimSignals,
+    aim_sentence,
+    parse_aim,
     scene_nouns,
     segment_phases,
     task_family,
@@ -69,9 +71,12 @@ def context(columns, states=None, actions=None, instruction=PICK_PLACE):
     )
 
 
+AIMING = RuleAnnotatorConfig(sim=SimRuleConfig(aim_point=True))
+
+
 def test_pick_place_phases_subgoals_and_first_person_reasoning():
-    annotation = RuleAnnotator().annotate(context(*pick_place_episode()))
-    assert annotation.annotator["model"] == "sim-rules-v1"
+    annotation = RuleAnnotator(AIMING).annotate(context(*pick_place_episode()))
+    assert annotation.annotator["model"] == "sim-rules-v2"
     assert annotation.annotator["phases"] == ["reach", "grasp", "move", "place"]
     assert [(s.text, s.start, s.end) for s in annotation.subtasks] == [
         ("Reach the puck", 0, 9),
@@ -82,14 +87,37 @@ def test_pick_place_phases_subgoals_and_first_person_reasoning():
     for sub in annotation.subtasks:
         assert sub.subgoal_frame == sub.end
         assert " I " in f" {sub.reasoning}" and len(sub.reasoning.split()) <= 50
-    reach, grasp, move, _ = (s.reasoning for s in annotation.subtasks)
+    reach, grasp, move, place = (s.reasoning for s in annotation.subtasks)
     assert reach.startswith(
         "The puck is on the table in front of me. I first move my gripper down and forward"
     )
-    assert reach.endswith("then grasp it.") and "close my gripper" in grasp and "up and right" in move
+    # Each sub-task ends with where the hand is at its last frame, in whole centimetres.
+    assert reach.endswith("then grasp it. I aim at x 0 y 70 z 5.")
+    assert grasp.endswith("I aim at x 0 y 70 z 5.") and place.endswith("I aim at x 10 y 70 z 25.")
+    assert "close my gripper" in grasp and "up and right" in move
     assert annotation.plan.endswith(
         "I will reach the puck, grasp it, move it to the goal and place it at the goal."
     )
+
+
+def test_aim_sentences_round_trip_to_the_centimetre():
+    hand = np.array([-0.043, 0.6754, 0.0049])
+    assert aim_sentence(hand) == "I aim at x -4 y 68 z 0."
+    np.testing.assert_allclose(parse_aim("Reach it. " + aim_sentence(hand) + " Then"), [-0.04, 0.68, 0.0])
+    assert parse_aim("I aim at x 4 y z 2.") is None and parse_aim("no aim here") is None
+
+
+def test_aim_points_are_optional_and_survive_the_word_limit():
+    episode = pick_place_episode()
+    plain = RuleAnnotator().annotate(context(*episode))  # off by default
+    assert plain.annotator["model"] == "sim-rules-v1"
+    assert plain.subtasks[0].reasoning.endswith("then grasp it.")
+    assert not any("aim" in s.reasoning for s in plain.subtasks)
+    config = SimRuleConfig(max_reasoning_words=12, aim_point=True)
+    short = RuleAnnotator(RuleAnnotatorConfig(sim=config)).annotate(context(*episode))
+    for sub in short.subtasks:
+        assert len(sub.reasoning.split()) <= 12 and " I aim at x " in sub.reasoning
+    assert short.subtasks[0].reasoning.endswith(". I aim at x 0 y 70 z 5.")
 
 
 def test_contact_phases_start_when_the_object_moves():
@@ -191,6 +219,12 @@ def test_sim_columns_travel_through_the_dataset_to_emcot_annotate(tmp_path, caps
     assert sorted(annotations) == [0, 1]
     assert [s.end for s in annotations[1].subtasks] == [9, 15, 28, 39]
     assert annotations[1].annotator["model"] == "sim-rules-v1"
+    assert "aim" not in annotations[1].subtasks[0].reasoning
+    aiming = tmp_path / "aim.jsonl"
+    argv = [str(root), "--backend", "rule", "--out", str(aiming), "--aim-points", "--no-progress"]
+    assert run_annotate(parser.parse_args(argv)) == 0
+    assert read_annotations(aiming)[1].annotator["model"] == "sim-rules-v2"
+    assert read_annotations(aiming)[1].subtasks[0].reasoning.endswith("I aim at x 0 y 70 z 5.")
 
 
 class _ScriptedVLM:
