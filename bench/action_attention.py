@@ -2,7 +2,8 @@
 inside the camera frame.
 
 A recording wrapper around the SDPA kernel (``emcot.model.attention.BACKENDS``) keeps, for the last
-denoising step of each control step, every layer's attention probabilities of the action queries.
+denoising step of each control step, every layer's attention probabilities of the action queries
+(``attention_weights``, the eager kernel's own).
 Printed per layer: the share of attention on each segment role (camera, state, prompt, reasoning,
 the chunk itself) and the entropy of the attention *within* the camera tokens, against log(N) for
 uniform attention. Attention that is uniform over the patches reads their average, which keeps
@@ -37,9 +38,7 @@ class AttentionRecorder:
 
     def attend(self, q, k, v, mask, groups):
         if q.shape[2] == self.query_count:
-            keys, _, dense = attention._dense_inputs(k, v, mask, groups)
-            scores = (q @ keys.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            self.calls.append(scores.masked_fill(~dense, torch.finfo(scores.dtype).min).softmax(-1)[0])
+            self.calls.append(attention.attention_weights(q, k, mask, groups)[0])
         return self.kernels.attend(q, k, v, mask, groups)
 
     def __enter__(self) -> AttentionRecorder:

@@ -130,11 +130,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:
-    k, v, mask = _dense_inputs(k, v, mask, groups)
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """Softmax attention probabilities ``[B, H, Lq, Lk]`` under a dense bool mask (what the eager
+    kernel multiplies the values by; benches read them to see where queries look)."""
+    k, _, mask = _dense_inputs(k, k, mask, groups)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(-1) @ v
+    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:
+    weights = attention_weights(q, k, mask, groups)
+    return weights @ (v.repeat_interleave(groups, dim=1) if groups > 1 else v)
 
 
 def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, groups: int) -> torch.Tensor:

@@ -332,8 +332,6 @@ def _step(phase: Phase, values: dict[str, str], first: bool = False) -> str:
 _AXES = (("right", "left"), ("forward", "backward"), ("up", "down"))
 # Aim points are written in whole centimetres: about a puck's radius, and two digits per axis.
 _CM_PER_M = 100.0
-
-
 _AIM = re.compile(r"I aim at x (-?\d+) y (-?\d+) z (-?\d+)\.")
 
 
