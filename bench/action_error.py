@@ -14,7 +14,8 @@ with its own frame means the policy does not read the scene from the image. With
 *annotated* reasoning of the frame, teacher-forced as a kept plan (``act_on_plan``), and on the
 annotated reasoning of another episode of the same task at the same step: does the action chunk
 follow what the reasoning says (e.g. its aim point), and how good would it be if the reasoning
-were right?
+were right? With ``--without-keypoints`` (a policy with camera keypoints) it is also scored with its
+keypoints detached, on its own frame: how much of the chunk the keypoints decide.
 
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 0 --out data/mw-train4
     emcot collect metaworld --tasks <the card's> --episodes 4 --seed 1500 --out data/mw-held4
@@ -25,8 +26,10 @@ were right?
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -62,6 +65,18 @@ def annotated_plan(policy: EmCoTPolicy, annotation: EpisodeAnnotation, t: int, i
     return KeptPlan(instruction=instruction, reasoning=text, reasoning_ids=ids, subgoal_latents=None)
 
 
+@contextlib.contextmanager
+def keypoints_detached(policy: EmCoTPolicy, detached: bool) -> Iterator[None]:
+    """The policy without its camera keypoints (the state token as the state alone) while inside."""
+    kept = policy.model.keypoints
+    if detached:
+        policy.model.keypoints = None
+    try:
+        yield
+    finally:
+        policy.model.keypoints = kept
+
+
 def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Namespace) -> dict:
     """Per task: squared errors [frames, action_dim] of the policy and of the two references."""
     camera = policy.cameras[0]
@@ -84,9 +99,13 @@ def chunk_errors(policy: EmCoTPolicy, dataset: LeRobotDataset, args: argparse.Na
             if other is not None:
                 sources["policy, other episode's frame"] = other[min(t, len(other) - 1)]
             seed = index * 1000 + t
-            for label, image in sources.items():
+            runs = [(label, image, False) for label, image in sources.items()]
+            if args.without_keypoints:
+                runs.append(("policy, keypoints detached", images[t], True))
+            for label, image, detached in runs:
                 observation = Observation(images={camera: image}, state=episode.states[t])
-                trace = policy.generate_trace(observation, episode.instruction, mode=args.mode, seed=seed)
+                with keypoints_detached(policy, detached):
+                    trace = policy.generate_trace(observation, episode.instruction, mode=args.mode, seed=seed)
                 predicted = np.asarray(trace.actions)[: args.horizon]
                 row[label].append(((predicted - expert) ** 2).mean(0))
             plans = {}
@@ -154,12 +173,19 @@ def main() -> None:
         action="store_true",
         help="reason mode: also score acting on the annotated reasoning (DATA/annotations.jsonl)",
     )
+    parser.add_argument(
+        "--without-keypoints",
+        action="store_true",
+        help="also score the policy with its camera keypoints detached (how much they decide)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.annotated_reasoning and args.mode != "reason":
         parser.error("--annotated-reasoning scores reason-mode plans: pass --mode reason")
     torch.set_num_threads(args.threads)
     policy = EmCoTPolicy.load(args.policy)
+    if args.without_keypoints and policy.model.keypoints is None:
+        parser.error("--without-keypoints needs a policy with camera keypoints")
     for path in args.data:
         start = time.perf_counter()
         errors = chunk_errors(policy, LeRobotDataset(path), args)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from transformers import PretrainedConfig
 
 from emcot.experts.config import EXPERT_NAMES, ExpertConfig
+from emcot.experts.keypoints import KeypointConfig
 from emcot.io_utils import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -191,6 +192,7 @@ _SUB_CONFIGS: tuple[tuple[str, type[_SubConfig], bool], ...] = (
     ("subgoal_sampler", FlowSamplerConfig, False),
     ("action_sampler", FlowSamplerConfig, False),
     ("memory", MemoryConfig, False),
+    ("keypoints", KeypointConfig, True),
 )
 
 
@@ -210,7 +212,8 @@ class EmCoTConfig(PretrainedConfig):
     Holds one :class:`ExpertConfig` per expert (``und``, ``gen``, ``act``), the vocabulary and
     RoPE settings shared by the backbone, and the sub-configs of the understanding-image
     encoder (``vision``), the subgoal latent codec (``vae``), the action space, the losses, the
-    two flow samplers and the optional memory systems (``memory``, off by default). Use :meth:`from_preset` for the named sizes.
+    two flow samplers, the optional memory systems (``memory``, off by default) and the optional
+    camera keypoints (``keypoints``, :mod:`emcot.experts.keypoints`; None: none). Use :meth:`from_preset` for the named sizes.
     """
 
     model_type = "emcot"
@@ -233,6 +236,7 @@ class EmCoTConfig(PretrainedConfig):
         subgoal_sampler: FlowSamplerConfig | dict | None = None,
         action_sampler: FlowSamplerConfig | dict | None = None,
         memory: MemoryConfig | dict | None = None,
+        keypoints: KeypointConfig | dict | None = None,
         max_prompt_tokens: int = 2048,
         **kwargs,
     ) -> None:

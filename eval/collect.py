@@ -15,8 +15,8 @@ task succeeded; with ``keep_failed`` every attempt is an episode. Episodes stop 
 
 Each frame holds the camera images and ``observation.state`` (``obs[:4]``) seen *before* the expert's
 action, the action, and the simulator columns of ``training.annotation.sim_rules`` (``sim.*``: the
-gripper opening, ``grasp_success``, ``near_object``, ``obj_to_target``, ``success`` and the object
-position) as they are *after* that action. With ``action_noise`` the executed action is perturbed
+gripper opening, ``grasp_success``, ``near_object``, ``obj_to_target``, ``success``, the object
+position and the goal position, ``obs[36:39]``) as they are *after* that action. With ``action_noise`` the executed action is perturbed
 and the recorded one is the expert's (DART: the labels show recoveries; see ``record_episode``).
 
 Resumable: every finished attempt is saved (atomically) under ``OUT/collect-work/<task>/`` and a
@@ -43,7 +43,13 @@ from emcot.eval.envs.base import Env
 from emcot.eval.envs.metaworld import MetaWorldConfig
 from emcot.eval.envs.metaworld_tasks import expand_tasks
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, check_fields, parse_choice
-from emcot.training.annotation.sim_rules import GRIPPER_COLUMN, OBJECT_COLUMN, SIM_INFO_KEYS, SIM_PREFIX
+from emcot.training.annotation.sim_rules import (
+    GOAL_COLUMN,
+    GRIPPER_COLUMN,
+    OBJECT_COLUMN,
+    SIM_INFO_KEYS,
+    SIM_PREFIX,
+)
 from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
 
 # Meta-World's control period is 5 physics steps of 2.5 ms (env.dt = 0.0125 s).
@@ -185,7 +191,7 @@ def record_episode(env: Env, expert: Expert, seed: int, action_noise: float = 0.
     observation = env.reset(seed)
     frames: dict[str, list[np.ndarray]] = {name: [] for name in env.cameras}
     states, actions = [], []
-    columns = (GRIPPER_COLUMN, OBJECT_COLUMN, *(SIM_PREFIX + key for key in SIM_INFO_KEYS))
+    columns = (GRIPPER_COLUMN, OBJECT_COLUMN, GOAL_COLUMN, *(SIM_PREFIX + key for key in SIM_INFO_KEYS))
     signals: dict[str, list] = {key: [] for key in columns}
     success = False
     for _ in range(env.max_steps):
@@ -202,6 +208,7 @@ def record_episode(env: Env, expert: Expert, seed: int, action_noise: float = 0.
         observation = outcome.observation
         signals[GRIPPER_COLUMN].append(observation.raw[3])
         signals[OBJECT_COLUMN].append(observation.raw[4:7])
+        signals[GOAL_COLUMN].append(observation.raw[36:39])
         for key in SIM_INFO_KEYS:
             if key not in outcome.info:
                 raise ValueError(f"the simulator's step info lacks {key!r}; it has {sorted(outcome.info)}.")

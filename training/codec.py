@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,18 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.optim import AdamW
-from tqdm.auto import tqdm
 
-from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_fields, read_json
+from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, check_fields
 from emcot.tokenizers.vae import LatentCodec, VAEConfig, resize_rgb
-from emcot.training.checkpoints import list_checkpoints, truncate_metrics
+from emcot.training.fit_run import FitRun, FitSchedule
 from emcot.training.trainer import Schedule
 
-STATE_FILE = "state.json"
 VAE_CONFIG_FILE = "vae_config.json"
 # Identical images have infinite PSNR; a finite cap keeps metrics JSON-serialisable and averages finite.
 PSNR_CAP_DB = 100.0
@@ -186,67 +179,38 @@ class CodecFitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _batch_indices(count: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+def epoch_batch_indices(count: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """Frames of ``step``'s batch: consecutive slices of one seeded permutation per epoch."""
     first, last = step * batch_size // count, ((step + 1) * batch_size - 1) // count
     perms = [np.random.default_rng([seed, 1, e]).permutation(count) for e in range(first, last + 1)]
     return np.concatenate(perms)[step * batch_size - first * count :][:batch_size]
 
 
-def _resumable(out: Path) -> Path | None:
-    """The newest checkpoint whose files all read; damaged newer ones are skipped with a warning."""
-    damaged = []
-    for _, folder in reversed(list_checkpoints(out)):
-        try:
-            if not isinstance(read_json(folder / STATE_FILE, "codec training state").get("step"), int):
-                raise ValueError(f"{STATE_FILE} has no integer 'step'")
-            with safe_open(str(folder / "model.safetensors"), "pt"):
-                pass
-            # Memory-mapped: the zip directory at the end is read, the tensors are not.
-            torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu", mmap=True)
-        except Exception as err:  # safetensors / torch raise their own types for missing or cut-off files
-            damaged.append(f"{folder.name} ({(str(err).splitlines() or [type(err).__name__])[0]})")
-            continue
-        if damaged:
-            warnings.warn(f"skipping damaged checkpoints {'; '.join(damaged)}", stacklevel=3)
-        return folder
-    if damaged:
-        raise ValueError(f"no checkpoint in {out} can be resumed from: {'; '.join(damaged)}; delete them")
-    return None
-
-
-class _CodecRun:
-    """One run's optimizer, step and loss accumulated since the last metrics record."""
+class _CodecRun(FitRun):
+    """One codec run: the shared bookkeeping plus its training step and validation."""
 
     def __init__(self, codec: LatentCodec, config: CodecTrainConfig, out: Path, train: np.ndarray) -> None:
-        self.codec, self.config, self.out, self.train = codec, config, out, train
+        self.codec, self.config, self.train = codec, config, train
         # What a checkpoint must agree with to be resumed: the config is part of the schedule.
-        self.identity = {"train": asdict(config), "vae": codec.config.to_dict(), "train_frames": len(train)}
+        identity = {"train": asdict(config), "vae": codec.config.to_dict(), "train_frames": len(train)}
         self.params = list(codec.vae.requires_grad_(True).parameters())
-        self.opt = AdamW(self.params, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+        opt = AdamW(self.params, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+        super().__init__(
+            codec.vae,
+            opt,
+            out,
+            identity,
+            what="codec",
+            lr_hint="CodecTrainConfig.lr",
+            keep_last=config.keep_last,
+        )
         self.schedule = Schedule(config.warmup_steps, config.steps, "cosine", config.min_lr_ratio)
-        self.step, self.loss_sum, self.loss_count = 0, 0.0, 0
-
-    def resume(self) -> int | None:
-        """Load the newest good checkpoint and return its step (None: fresh start); drops later metrics."""
-        folder = _resumable(self.out)
-        if folder is not None:
-            info = read_json(folder / STATE_FILE, "codec training state")
-            if info.get("identity") != self.identity:
-                raise ValueError(f"{folder} is from a run with other settings or data; use another out_dir")
-            self.codec.vae.load_state_dict(load_file(str(folder / "model.safetensors")))
-            optimizer = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-            self.opt.load_state_dict(optimizer)
-            self.step, self.loss_sum, self.loss_count = info["step"], info["loss_sum"], info["loss_count"]
-        truncate_metrics(self.out, self.step)
-        return None if folder is None else self.step
 
     def train_step(self) -> float:
         """One AdamW step on the batch that (seed, step) selects; returns its loss."""
         cfg = self.config
-        for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * self.schedule(self.step)
-        picks = _batch_indices(len(self.train), cfg.batch_size, cfg.seed, self.step)
+        self.set_lr(cfg.lr * self.schedule(self.step))
+        picks = epoch_batch_indices(len(self.train), cfg.batch_size, cfg.seed, self.step)
         x = next(_batches(self.codec, self.train[picks], cfg.batch_size))
         posterior = self.codec.vae.encode(x).latent_dist
         # Noise from a CPU generator, so that a run draws the same on every device.
@@ -254,39 +218,11 @@ class _CodecRun:
         noise = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
         recon = self.codec.vae.decode(posterior.mean + posterior.std * noise).sample
         loss = (recon - x).pow(2).mean() + cfg.kl_weight * posterior.kl().mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
-        self.loss_sum, self.loss_count = self.loss_sum + loss.item(), self.loss_count + 1
-        return loss.item()
+        return self.update(loss, self.params, cfg.grad_clip)
 
     def evaluate(self, val: np.ndarray) -> dict[str, Any]:
         """Validation PSNR and the mean training loss since the last record, appended to metrics.jsonl."""
-        record = {"step": self.step, "train_loss": self.loss_sum / max(self.loss_count, 1)}
-        record |= {"lr": self.opt.param_groups[0]["lr"], "val_psnr": reconstruction_psnr(self.codec, val)}
-        self.loss_sum, self.loss_count = 0.0, 0
-        with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        return record
-
-    def checkpoint(self) -> None:
-        """Write ``checkpoint-<step>`` as a hidden folder renamed when complete; keep the newest ``keep_last``."""
-        final, tmp = self.out / f"checkpoint-{self.step}", self.out / f".checkpoint-{self.step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.codec.vae.state_dict().items()}
-        if not all(torch.isfinite(v).all() for v in state.values()):
-            raise ValueError(f"codec weights hold NaN/inf at step {self.step}; lower CodecTrainConfig.lr")
-        save_file(state, str(tmp / "model.safetensors"))
-        torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-        info = {"step": self.step, "loss_sum": self.loss_sum, "loss_count": self.loss_count}
-        (tmp / STATE_FILE).write_text(json.dumps({**info, "identity": self.identity}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for _, old in list_checkpoints(self.out)[: -self.config.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        return self.record({"val_psnr": reconstruction_psnr(self.codec, val)})
 
 
 def fit_codec(
@@ -312,17 +248,11 @@ def fit_codec(
     run = _CodecRun(codec, config, out, train)
     result = CodecFitResult(codec.config, 0, False, resumed_from=run.resume())
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(total=config.steps, initial=run.step, desc="codec", disable=not progress)
+    schedule = FitSchedule(config.steps, end, config.eval_every, config.checkpoint_every)
     codec.train()
-    while run.step < end:
-        bar.set_postfix(loss=f"{run.train_step():.4f}", refresh=False)
-        bar.update(1)
-        if run.step % config.eval_every == 0 or run.step == config.steps:
-            result.history.append(run.evaluate(val))
-            bar.set_postfix(psnr=f"{result.history[-1]['val_psnr']:.2f}")
-        if run.step % config.checkpoint_every == 0 or run.step == end:
-            run.checkpoint()
-    bar.close()
+    result.history += run.train_until(
+        schedule, run.train_step, lambda: run.evaluate(val), desc="codec", progress=progress
+    )
     codec.eval().vae.requires_grad_(False)
     result.step, result.finished = run.step, run.step >= config.steps
     if result.finished:

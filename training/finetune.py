@@ -30,6 +30,8 @@ _IO_GROUP = {
     "action": "act",
     "vision": "vision",
     "latent_codec": "vae",
+    # The keypoints feed the action expert's state token (their localiser is frozen by its config).
+    "keypoints": "act",
 }
 
 
@@ -234,3 +236,20 @@ def adapt_policy(policy, config: FinetuneConfig, samples: Sequence[EmCoTSample],
         if getattr(old, k) != getattr(new, k)
     }
     return Adaptation(resized, config.robot)
+
+
+def scaled_param_groups(model: nn.Module, lr: float, lr_scale: dict[str, float]) -> list[dict]:
+    """The trainable parameters as AdamW groups: one at ``lr``, one per ``lr_scale`` entry (a recipe's
+    ``optim.lr_scale``: the parameters under that top-level module, at ``lr × scale``); a scale that
+    names no module with trainable parameters raises."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unknown = sorted(m for m in lr_scale if not any(n.split(".")[0] == m for n, _ in named))
+    if unknown:
+        modules = sorted({n.split(".")[0] for n, _ in named})
+        raise ValueError(
+            f"optim.lr_scale names {unknown}, which hold no trainable parameters; modules: {modules}"
+        )
+    groups = [{"params": [p for n, p in named if n.split(".")[0] not in lr_scale], "lr": lr}]
+    for module, scale in lr_scale.items():
+        groups.append({"params": [p for n, p in named if n.split(".")[0] == module], "lr": lr * scale})
+    return groups

@@ -44,6 +44,8 @@ def build_initial_policy(recipe: Recipe, init: str | None = None) -> EmCoTPolicy
         policy = _INITIAL_POLICIES[InitSource(source)](recipe)
     else:
         policy = with_config_overrides(_saved_policy(source, names), recipe.model.overrides)
+    if recipe.model.keypoints is not None:
+        policy = with_keypoints(policy, recipe.model.keypoints)
     if recipe.model.generation:
         try:
             policy.generation = policy.generation.replace(**recipe.model.generation)
@@ -84,6 +86,31 @@ def with_config_overrides(policy: EmCoTPolicy, overrides: dict) -> EmCoTPolicy:
     model.load_state_dict(state, strict=True, assign=True)
     if model.config.tie_word_embeddings:
         model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
+    return EmCoTPolicy(model, policy.processor, policy.generation)
+
+
+def with_keypoints(policy: EmCoTPolicy, folder: str | Path) -> EmCoTPolicy:
+    """``policy`` with the camera keypoints fitted in ``folder`` (:func:`emcot.training.keypoints.fit_keypoints`)
+    attached: its own weights are kept, and the keypoints' zero-initialised embedding leaves its
+    outputs unchanged until the policy trains."""
+    from accelerate import init_empty_weights
+
+    from emcot.config import EmCoTConfig
+    from emcot.model.modeling import EmCoTModel
+    from emcot.training.keypoints import load_keypoints
+
+    if policy.model.keypoints is not None:
+        raise ValueError("the starting policy already has camera keypoints; drop model.keypoints")
+    module = load_keypoints(folder, policy.model.config.hidden_size)
+    values = policy.model.config.to_dict()
+    values["keypoints"] = module.config.to_dict()
+    with init_empty_weights(include_buffers=False):  # the weights come from the policy and the folder
+        model = EmCoTModel(EmCoTConfig.from_dict(values))
+    state = policy.model.state_dict() | {f"keypoints.{k}": v for k, v in module.state_dict().items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    if model.config.tie_word_embeddings:
+        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
+    policy.processor.config = model.config
     return EmCoTPolicy(model, policy.processor, policy.generation)
 
 

@@ -73,6 +73,8 @@ class ModelSpec:
     with its ``vae_config.json``); else the path of a saved policy / training output.
     ``generation``: defaults of :class:`~emcot.inference.options.GenerationOptions` the trained policy
     saves in place of its starting point's, e.g. ``max_reasoning_tokens`` for longer reasoning.
+    ``keypoints``: a folder of camera keypoints fitted to the policy
+    (``scripts/train_camera_keypoints.py``) to attach to the starting policy.
     """
 
     init: str = "synthetic"
@@ -84,6 +86,7 @@ class ModelSpec:
     preset: str = "tiny"
     dataset: str | None = None
     codec: str | None = None
+    keypoints: str | None = None
     vocab_size: int = 1024
 
     def __post_init__(self) -> None:
@@ -95,7 +98,7 @@ class ModelSpec:
             close = difflib.get_close_matches(self.preset, PRESETS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(f"model.preset '{self.preset}' is not one of {sorted(PRESETS)}{hint}")
-        for key in ("dataset", "codec"):
+        for key in ("dataset", "codec", "keypoints"):
             # An empty path (e.g. an unset ``${VAR:-}``) means "none".
             if getattr(self, key) == "":
                 object.__setattr__(self, key, None)
@@ -133,7 +136,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then a cosine (or constant) schedule, and gradient clipping."""
+    """AdamW with linear warmup then a cosine (or constant) schedule, and gradient clipping.
+
+    ``lr_scale`` multiplies the learning rate of the parameters under a top-level module of the
+    model, e.g. ``{keypoints: 20}``: a zero-initialised module attached to a trained policy then
+    learns at its own pace while the rest continues gently.
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
@@ -143,8 +151,16 @@ class OptimConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.0
     clip_grad_norm: float | None = 1.0
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.lr_scale, dict):
+            raise ValueError(f"optim.lr_scale must map module names to factors, got {self.lr_scale!r}")
+        scales = {}
+        for module, scale in self.lr_scale.items():
+            number = float(scale) if isinstance(scale, int) and not isinstance(scale, bool) else scale
+            scales[str(module)] = check_value(f"optim.lr_scale.{module}", number, float, POSITIVE)
+        object.__setattr__(self, "lr_scale", scales)
         # clip_grad_norm ≤ 0 would scale every gradient by a negative or infinite factor.
         check_fields(
             self,

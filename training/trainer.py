@@ -38,7 +38,7 @@ from emcot.training.data.frame_cache import frame_cache
 from emcot.training.data.sources import build_source
 from emcot.training.divergence import DivergenceGuard, StepHealth, any_process, refuse_nonfinite
 from emcot.training.ema import EMA
-from emcot.training.finetune import FinetuneConfig, apply_lora, set_trainable
+from emcot.training.finetune import FinetuneConfig, apply_lora, scaled_param_groups, set_trainable
 from emcot.training.packing import TokenPacker, shard_packs
 from emcot.training.policy_files import export_policy, prepare_initial_policy
 from emcot.training.recipes import Recipe
@@ -170,9 +170,12 @@ class Trainer:
             # Sharding replaces the parameters, so the optimizer is built on the sharded ones.
             shard_module(module, acc.device, acc.mixed_precision)
         opt = recipe.optim
-        params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            scaled_param_groups(model, opt.lr, opt.lr_scale),
+            lr=opt.lr,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, Schedule(opt.warmup_steps, train.total_steps, opt.schedule, opt.min_lr_ratio)

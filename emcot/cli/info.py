@@ -59,6 +59,12 @@ def run_info(args: argparse.Namespace) -> int:
         )
     if config.vae is not None:
         print(f"  vae: {config.vae.latent_channels} latent channels, subgoal {config.vae.image_size}")
+    if config.keypoints is not None:
+        k = config.keypoints
+        print(
+            f"  camera keypoints: {k.num_keypoints} points, {k.channels} channels, {k.targets} positions read out, "
+            f"localiser {'trains' if k.trainable else 'frozen'}"
+        )
     a = config.action
     print(f"  actions: dim {a.action_dim}, state dim {a.state_dim}, horizon {a.horizon}, norm {a.norm_mode}")
     if card is not None:

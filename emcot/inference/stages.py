@@ -32,7 +32,7 @@ from emcot.inference.state import TraceState
 from emcot.inference.trace import Trace, TraceEvent
 from emcot.io_utils import check_value
 from emcot.memory.history import encode_history
-from emcot.model.embedding import require_latent_codec, require_subgoal
+from emcot.model.embedding import require_latent_codec, require_subgoal, state_camera_pixels
 from emcot.model.flow import FlowSamplerConfig, VelocityFn, euler_sample
 from emcot.model.inputs import FlowInput, SegmentInputs
 from emcot.model.sampling import next_token
@@ -146,12 +146,18 @@ class TraceStages:
         prompt, ids = text(prompt_ids(framed, options.mode, proc.special), "prompt")
         observed = observation_segments([h * w for h, w in grids], states is not None)
         prefix = SequencePlan(past.segments + observed + [prompt])
-        vit = model.encode_images(
-            torch.cat([p for p, _ in past.vit if p is not None] + [patches]), [g for _, g in past.vit] + grids
-        )
+        all_patches = torch.cat([p for p, _ in past.vit if p is not None] + [patches])
+        all_grids = [g for _, g in past.vit] + grids
+        vit = model.encode_images(all_patches, all_grids)
         state_rows = past.states + ([robot_state] if robot_state is not None else [])
         flows = [FlowInput.clean(chunk.to(model.device, model.dtype)) for chunk in past.actions]
-        inputs = SegmentInputs(torch.tensor(ids), vit, torch.stack(state_rows) if state_rows else None, flows)
+        inputs = SegmentInputs(
+            torch.tensor(ids),
+            vit,
+            torch.stack(state_rows) if state_rows else None,
+            flows,
+            state_camera_pixels(model, prefix, all_patches, all_grids),
+        )
         embeds = model.embed(prefix, inputs)
         return TraceState.prefilled(
             model,

@@ -56,11 +56,65 @@ def encode_images(
     return list(out.split([h * w for h, w in grids]))
 
 
+def state_camera_pixels(
+    model: EmCoTModel,
+    plan: SequencePlan,
+    patches: torch.Tensor,
+    grids: list[tuple[int, int]],
+    key_drop: torch.Tensor | None = None,
+) -> list[torch.Tensor | None] | None:
+    """Per state segment, the pixels ``[3, H, W]`` of its sample's first current camera (role
+    ``camera``), which :class:`~emcot.experts.keypoints.CameraKeypoints` reads; None for a state
+    without one (history states, a sample without cameras, a camera ``key_drop`` hides). None
+    altogether for a model without keypoints. ``patches`` / ``grids`` are the plan's ViT inputs."""
+    if model.keypoints is None or model.config.vision is None:
+        return None
+    from emcot.tokenizers.vision_processing import unpatchify
+
+    patch = model.config.vision.patch_size
+    cameras: dict[int, torch.Tensor] = {}
+    patch_start, vit_i = 0, 0
+    for seg, sample, start in zip(plan.segments, plan.sample_ids, plan.offsets(), strict=True):
+        if seg.modality is not Modality.VIT:
+            continue
+        grid = grids[vit_i]
+        count = grid[0] * grid[1]
+        hidden = key_drop is not None and bool(key_drop[start : start + seg.length].all())
+        if seg.role == "camera" and sample not in cameras and not hidden:
+            cameras[sample] = unpatchify(patches[patch_start : patch_start + count], grid, patch)
+        patch_start += count
+        vit_i += 1
+    return [
+        cameras.get(sample) if seg.role == "state" else None
+        for seg, sample in zip(plan.segments, plan.sample_ids, strict=True)
+        if seg.modality is Modality.STATE
+    ]
+
+
+def _keypoint_offsets(model: EmCoTModel, inputs: SegmentInputs) -> list[torch.Tensor | None]:
+    """The keypoints' state-token offset ``[H]`` per state segment (None where it has no camera),
+    frames of one size batched through the conv stack together."""
+    cameras = inputs.state_cameras or []
+    out: list[torch.Tensor | None] = [None] * len(cameras)
+    if model.keypoints is None:
+        return out
+    by_size: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for i, pixels in enumerate(cameras):
+        if pixels is not None:
+            by_size.setdefault(tuple(pixels.shape), []).append((i, pixels))
+    for group in by_size.values():
+        batch = torch.stack([pixels for _, pixels in group]).to(model.device, model.dtype)
+        for (i, _), offset in zip(group, model.keypoints(batch), strict=True):
+            out[i] = offset
+    return out
+
+
 def embed_plan(model: EmCoTModel, plan: SequencePlan, inputs: SegmentInputs) -> torch.Tensor:
     """Input embeddings ``[1, L, H]`` of ``plan``'s segments, each from its modality's inputs."""
     ids = inputs.text_ids.to(model.device)
     text = model.understanding.embed_tokens(ids) if ids.numel() else None
     parts, t_pos, v_i, s_i, f_i = [], 0, 0, 0, 0
+    keypoints = _keypoint_offsets(model, inputs)
     for seg in plan.segments:
         if seg.modality is Modality.TEXT:
             if text is None:
@@ -74,7 +128,9 @@ def embed_plan(model: EmCoTModel, plan: SequencePlan, inputs: SegmentInputs) -> 
             if inputs.states is None:
                 raise ValueError("the plan has a state segment but inputs.states is None")
             state = inputs.states[s_i : s_i + 1].to(model.device, model.dtype)
-            parts.append(model.action.embed_state(state)[0])
+            embedded = model.action.embed_state(state)[0]
+            offset = keypoints[s_i] if s_i < len(keypoints) else None
+            parts.append(embedded if offset is None else embedded + offset)
             s_i += 1
         else:
             flow = inputs.flows[f_i]

@@ -73,13 +73,16 @@ class SegmentInputs:
 
     ``text_ids`` holds the ids of every text segment back to back; ``vit`` the connector output of
     each ViT segment (:meth:`EmCoTModel.encode_images`); ``states`` one row per state segment;
-    ``flows`` one :class:`FlowInput` per latent or action segment.
+    ``flows`` one :class:`FlowInput` per latent or action segment; ``state_cameras`` (models with
+    camera keypoints) per state segment the pixels ``[3, H, W]`` of its sample's primary camera, or
+    None where the state has none (:func:`emcot.model.embedding.state_camera_pixels`).
     """
 
     text_ids: torch.Tensor
     vit: list[torch.Tensor] = field(default_factory=list)
     states: torch.Tensor | None = None
     flows: list[FlowInput] = field(default_factory=list)
+    state_cameras: list[torch.Tensor | None] | None = None
 
 
 @dataclass

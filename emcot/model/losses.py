@@ -11,7 +11,13 @@ import torch
 
 from emcot.model.attention import BACKENDS
 from emcot.model.backbone import PreparedQuery
-from emcot.model.embedding import embed_plan, encode_images, require_latent_codec, require_subgoal
+from emcot.model.embedding import (
+    embed_plan,
+    encode_images,
+    require_latent_codec,
+    require_subgoal,
+    state_camera_pixels,
+)
 from emcot.model.flow import interpolate, sample_time, velocity_target
 from emcot.model.inputs import FlowInput, LossOutput, SampleBatch, SegmentInputs
 from emcot.sequence.plan import AttnMode, Modality, Segment
@@ -89,11 +95,16 @@ class _Prepared:
 def _prepare(model: EmCoTModel, batch: SampleBatch, generator: torch.Generator | None) -> _Prepared:
     batch = batch.to(model.device)
     flows, targets = _flow_inputs(model, batch, generator)
+    key_drop = batch.key_drop if batch.key_drop is not None and bool(batch.key_drop.any()) else None
     inputs = SegmentInputs(
-        batch.text_ids, encode_images(model, batch.vit_patches, batch.vit_grids), batch.states, flows
+        batch.text_ids,
+        encode_images(model, batch.vit_patches, batch.vit_grids),
+        batch.states,
+        flows,
+        # A camera hidden for guidance training is hidden from the keypoints as well.
+        state_camera_pixels(model, batch.plan, batch.vit_patches, batch.vit_grids, key_drop),
     )
     embeds = embed_plan(model, batch.plan, inputs)
-    key_drop = batch.key_drop if batch.key_drop is not None and bool(batch.key_drop.any()) else None
     return _Prepared(batch, embeds, key_drop, targets)
 
 

@@ -17,6 +17,7 @@ from emcot.experts.action import ActionIO
 from emcot.experts.block import RMSNorm
 from emcot.experts.embeddings import is_zero_init, zero_init
 from emcot.experts.generation import SubgoalIO
+from emcot.experts.keypoints import CameraKeypoints
 from emcot.experts.state_aware import StateAwareReRepresentation
 from emcot.experts.understanding import UnderstandingIO
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_value
@@ -83,6 +84,13 @@ class EmCoTModel(PreTrainedModel):
             if config.memory.state_aware
             else None
         )
+        # Optional (config.keypoints): a position-keeping read-out of the primary camera into the
+        # state token; it needs pixels, so only a model with a vision encoder takes it.
+        self.keypoints = None
+        if config.keypoints is not None:
+            if config.vision is None:
+                raise ValueError("config.keypoints reads the camera, so it needs config.vision")
+            self.keypoints = CameraKeypoints(config.keypoints, hidden)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -16,7 +16,13 @@ from emcot.eval.collect import WORK_DIR, CollectConfig, collect_metaworld
 from emcot.eval.envs.base import EnvObservation, StepOutcome
 from emcot.eval.envs.metaworld_tasks import TASK_DESCRIPTIONS
 from emcot.training.annotation.annotations import read_annotations
-from emcot.training.annotation.sim_rules import GRIPPER_COLUMN, OBJECT_COLUMN, SIM_INFO_KEYS, SIM_PREFIX
+from emcot.training.annotation.sim_rules import (
+    GOAL_COLUMN,
+    GRIPPER_COLUMN,
+    OBJECT_COLUMN,
+    SIM_INFO_KEYS,
+    SIM_PREFIX,
+)
 from emcot.training.data.lerobot import LeRobotDataset
 
 SIM_REASON = "needs the [sim] extra: pip install 'emcot[sim]'"
@@ -199,6 +205,7 @@ def test_a_collection_round_trips_through_our_reader(collected):
         after = observations[1:]
         np.testing.assert_allclose(columns[GRIPPER_COLUMN][:, 0], [o.raw[3] for o in after], rtol=1e-6)
         np.testing.assert_allclose(columns[OBJECT_COLUMN], [o.raw[4:7] for o in after], rtol=1e-6)
+        np.testing.assert_allclose(columns[GOAL_COLUMN], [o.raw[36:39] for o in after], rtol=1e-6)
         for key in SIM_INFO_KEYS:
             np.testing.assert_allclose(columns[SIM_PREFIX + key][:, 0], [i[key] for i in infos], rtol=1e-6)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emcot.experts.keypoints import CameraKeypoints, KeypointConfig
 from emcot.policy.policy import EmCoTPolicy
 from emcot.training.data.lerobot import LeRobotDataset
 from emcot.training.data.sources import build_source, data_kinds
+from emcot.training.keypoints import save_keypoints
 from emcot.training.packing import PackingConfig
 from emcot.training.policy_files import build_initial_policy
 from emcot.training.recipes import Recipe, expand_variables, load_recipe
@@ -32,6 +34,7 @@ RECIPES = (
     "mw-recovery-small",
     "mw-stage2-more-small",
     "mw-stage2-aim-small",
+    "mw-stage2-keypoints-small",
 )
 
 
@@ -101,6 +104,11 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     # The recovery and more-stage-2 recipes continue a finished policy (here: the stage-1 run).
     monkeypatch.setenv("EMCOT_MW_STAGE2", str(tmp_path / "stage1"))
     monkeypatch.setenv("EMCOT_MW_DART", str(mw_data[0]))
+    hidden = EmCoTPolicy.from_pretrained(first.policy_dir).config.hidden_size
+    keypoints = save_keypoints(
+        CameraKeypoints(KeypointConfig(num_keypoints=4, channels=16), hidden), tmp_path / "kp"
+    )
+    monkeypatch.setenv("EMCOT_MW_KEYPOINTS", str(keypoints))
     for name in RECIPES[1:]:
         recipe = tiny(load_recipe(name))
         assert recipe.model.init == str(tmp_path / "stage1")
@@ -112,6 +120,8 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
             assert sample.kind == (SampleKind.VQA if spec.kind == "lerobot_vqa" else sample.kind)
         result = train(recipe, tmp_path / name)
         assert result.step == 1 and np.isfinite(result.losses).all()
+        trained = EmCoTPolicy.from_pretrained(result.policy_dir)
+        assert (trained.model.keypoints is not None) == (name == "mw-stage2-keypoints-small")
     reactive = load_recipe("mw-reactive-small")
     stage2 = load_recipe("mw-stage2-small")
     # Same compute: steps, token budget and optimizer; same dataset.
@@ -137,6 +147,11 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     aim = load_recipe("mw-stage2-aim-small")
     assert aim.data == stage2.data and aim.optim.lr == more.optim.lr
     assert aim.train.total_steps < stage2.train.total_steps
+    # Keypoints: more stage 2 (data mix and learning rate) with the fitted keypoints attached.
+    with_keypoints = load_recipe("mw-stage2-keypoints-small")
+    assert with_keypoints.data == stage2.data and with_keypoints.optim.lr == more.optim.lr
+    assert with_keypoints.optim.lr_scale == {"keypoints": 20.0}  # the fresh module learns faster
+    assert with_keypoints.model.keypoints == str(keypoints)
 
 
 def test_a_fresh_policy_takes_a_trained_codec_with_its_calibration(mw_data, tmp_path):
