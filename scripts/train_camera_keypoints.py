@@ -30,6 +30,7 @@ from emcot.training.keypoints import (
     fit_keypoints,
     keypoint_frames,
     localisation_errors,
+    position_errors,
     save_keypoints,
     split_episodes,
     with_target_statistics,
@@ -91,18 +92,17 @@ def main() -> None:
         module, processor, train, val, train_config, out_dir=args.out / "run", progress=not args.no_progress
     )
     report = {
-        "dataset": str(args.dataset), "camera": camera, "policy": args.policy, "train_frames": len(train),
-        "val_frames": len(val), "steps": result.step, "fit_seconds_this_call": time.perf_counter() - started,
+        "dataset": str(args.dataset),
+        "camera": camera,
+        "policy": args.policy,
+        "train_frames": len(train),
+        "val_frames": len(val),
+        "steps": result.step,
+        "fit_seconds_this_call": time.perf_counter() - started,
         "validation": localisation_errors(module, processor, val),
         # Predicting every frame's training mean: the error a blind localiser would make.
-        "mean_baseline": {
-            group: float(abs_err) for group, abs_err in zip(
-                ("object_cm", "goal_cm"),
-                (torch.from_numpy(val.targets - train.targets.mean(0)).reshape(len(val), 2, 3).norm(dim=2).mean(0) * 100).tolist(),
-                strict=True,
-            )
-        },
-    }  # fmt: skip
+        "mean_baseline": position_errors(train.targets.mean(0), val),
+    }
     if args.heldout is not None:
         heldout = concat_frames(
             keypoint_frames(args.heldout, camera, stride=args.stride, progress=not args.no_progress)

@@ -173,7 +173,13 @@ def localisation_errors(
         pixels = normalised_pixels(processor, frames.images[start : start + batch_size])
         found.append(module.denormalise(module.locate(pixels).positions).numpy())
     module.train(was_training)
-    predicted = np.concatenate(found).reshape(len(frames), -1, 3)
+    return position_errors(np.concatenate(found), frames)
+
+
+def position_errors(predicted: np.ndarray, frames: KeypointFrames) -> dict[str, Any]:
+    """Mean Euclidean error (cm) of ``predicted`` positions ``[N, targets]`` against ``frames``' targets,
+    per target group, overall and per task (e.g. a constant prediction for a blind baseline)."""
+    predicted = np.broadcast_to(predicted, frames.targets.shape).reshape(len(frames), -1, 3)
     distance = np.linalg.norm(predicted - frames.targets.reshape(len(frames), -1, 3), axis=2) * 100
     tasks = np.asarray(frames.tasks)
     out: dict[str, Any] = {f"{g}_cm": float(distance[:, i].mean()) for i, g in enumerate(TARGET_GROUPS)}

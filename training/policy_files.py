@@ -60,19 +60,13 @@ def with_config_overrides(policy: EmCoTPolicy, overrides: dict) -> EmCoTPolicy:
     Overrides that would add, drop or reshape weights raise."""
     if not overrides:
         return policy
-    from accelerate import init_empty_weights
-
-    from emcot.config import EmCoTConfig
-    from emcot.model.modeling import EmCoTModel
-
     values = policy.model.config.to_dict()
     for key, value in overrides.items():
         if key not in values:
             raise ValueError(f"model.overrides: '{key}' is not a model config field")
         merge = isinstance(value, dict) and isinstance(values[key], dict)
         values[key] = {**values[key], **value} if merge else value
-    with init_empty_weights(include_buffers=False):  # the weights come from the policy, not a fresh init
-        model = EmCoTModel(EmCoTConfig.from_dict(values))
+    model = _empty_model(values)
     state = policy.model.state_dict()
     mine = model.state_dict()
     changed = sorted(set(state) ^ set(mine)) + sorted(
@@ -83,20 +77,13 @@ def with_config_overrides(policy: EmCoTPolicy, overrides: dict) -> EmCoTPolicy:
             f"model.overrides {overrides} change the weights of the starting policy ({len(changed)} tensors, "
             f"e.g. {changed[:3]}); a trained policy takes only overrides that keep them, e.g. memory.top_k"
         )
-    model.load_state_dict(state, strict=True, assign=True)
-    if model.config.tie_word_embeddings:
-        model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
-    return EmCoTPolicy(model, policy.processor, policy.generation)
+    return _with_model(policy, model, state)
 
 
 def with_keypoints(policy: EmCoTPolicy, folder: str | Path) -> EmCoTPolicy:
     """``policy`` with the camera keypoints fitted in ``folder`` (:func:`emcot.training.keypoints.fit_keypoints`)
     attached: its own weights are kept, and the keypoints' zero-initialised embedding leaves its
     outputs unchanged until the policy trains."""
-    from accelerate import init_empty_weights
-
-    from emcot.config import EmCoTConfig
-    from emcot.model.modeling import EmCoTModel
     from emcot.training.keypoints import load_keypoints
 
     if policy.model.keypoints is not None:
@@ -104,13 +91,27 @@ def with_keypoints(policy: EmCoTPolicy, folder: str | Path) -> EmCoTPolicy:
     module = load_keypoints(folder, policy.model.config.hidden_size)
     values = policy.model.config.to_dict()
     values["keypoints"] = module.config.to_dict()
-    with init_empty_weights(include_buffers=False):  # the weights come from the policy and the folder
-        model = EmCoTModel(EmCoTConfig.from_dict(values))
     state = policy.model.state_dict() | {f"keypoints.{k}": v for k, v in module.state_dict().items()}
+    return _with_model(policy, _empty_model(values), state)
+
+
+def _empty_model(values: dict):
+    """A model of config ``values`` without initialised weights (they come from a trained policy)."""
+    from accelerate import init_empty_weights
+
+    from emcot.config import EmCoTConfig
+    from emcot.model.modeling import EmCoTModel
+
+    with init_empty_weights(include_buffers=False):
+        return EmCoTModel(EmCoTConfig.from_dict(values))
+
+
+def _with_model(policy: EmCoTPolicy, model, state: dict) -> EmCoTPolicy:
+    """``policy``'s processor and generation defaults around ``model`` holding the weights ``state``."""
     model.load_state_dict(state, strict=True, assign=True)
     if model.config.tie_word_embeddings:
         model.understanding.lm_head.weight = model.understanding.embed_tokens.weight
-    policy.processor.config = model.config
+    policy.processor.config = model.config  # the processor reads the same config as its model
     return EmCoTPolicy(model, policy.processor, policy.generation)
 
 

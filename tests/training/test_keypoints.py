@@ -26,6 +26,7 @@ from emcot.training.keypoints import (
     fit_keypoints,
     keypoint_frames,
     localisation_errors,
+    position_errors,
     save_keypoints,
     split_episodes,
     with_target_statistics,
@@ -116,6 +117,7 @@ def test_a_short_fit_localises_far_better_than_the_mean(dataset, policy, tmp_pat
     assert result.finished and result.step == 300
     mean_cm = np.linalg.norm((val.targets - train.targets.mean(0))[:, :3], axis=1).mean() * 100
     errors = localisation_errors(module, policy.processor.vision, val)
+    assert position_errors(train.targets.mean(0), val)["object_cm"] == pytest.approx(mean_cm, rel=1e-5)
     assert errors["object_cm"] < 0.35 * mean_cm, (errors, mean_cm)
     assert set(errors["per_task"]) == {"Push the square"}
 

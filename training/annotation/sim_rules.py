@@ -41,8 +41,8 @@ SIM_INFO_KEYS = ("grasp_success", "near_object", "obj_to_target", "success")
 GRIPPER_COLUMN = SIM_PREFIX + "gripper_opening"
 # Position of the manipulated object (Meta-World obs[4:7]); optional, it sharpens the contact detectors.
 OBJECT_COLUMN = SIM_PREFIX + "object_position"
-# Position of the task's goal (Meta-World obs[36:39] in the goal-observable envs); optional, a target
-# for the camera keypoints' localisation (emcot.experts.keypoints), not used by the rules.
+# Position of the task's goal (Meta-World obs[36:39] in the goal-observable envs); optional. The rules
+# ignore it; the camera keypoints learn to read it from the frame.
 GOAL_COLUMN = SIM_PREFIX + "goal_position"
 SIM_COLUMNS = (GRIPPER_COLUMN, *(SIM_PREFIX + key for key in SIM_INFO_KEYS))
 
