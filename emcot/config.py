@@ -51,7 +51,9 @@ class FlowSamplerConfig:
     ``text_guidance`` and ``image_guidance`` are CFG scales (1.0 = off) applied only while
     ``guidance_interval[0] < t <= guidance_interval[1]``. ``renorm="global"`` rescales the guided
     velocity so its norm never exceeds the conditional one, by a factor clamped to
-    ``[renorm_min, 1]``. The defaults are the action preset; see :meth:`subgoal`/:meth:`actions`.
+    ``[renorm_min, 1]``. ``noise_scale`` multiplies the starting noise: 1 samples the learned
+    distribution, 0 starts every run at the noise's mean (deterministic, a low-temperature sample).
+    The defaults are the action preset; see :meth:`subgoal`/:meth:`actions`.
     """
 
     num_steps: int = 10
@@ -61,11 +63,13 @@ class FlowSamplerConfig:
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     renorm: str = "global"
     renorm_min: float = 0.0
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(
             self,
             shift=POSITIVE,
+            noise_scale=NON_NEGATIVE,
             num_steps=AT_LEAST_ONE,
             text_guidance=NON_NEGATIVE,
             image_guidance=NON_NEGATIVE,

@@ -22,7 +22,8 @@ from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_fi
 from emcot.tokenizers.actions import NormStats, RobotNormStats
 from emcot.types import EmCoTSample
 
-PARAM_GROUPS = ("und", "gen", "act", "vision", "vae")
+PARAM_GROUPS = ("und", "gen", "act", "vision", "vae", "keypoints")
+NEW_ROBOT = "new_robot"  # the default name of a fine-tune's robot
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _IO_GROUP = {
     "understanding": "und",
@@ -30,8 +31,9 @@ _IO_GROUP = {
     "action": "act",
     "vision": "vision",
     "latent_codec": "vae",
-    # The keypoints feed the action expert's state token (their localiser is frozen by its config).
-    "keypoints": "act",
+    # Their own group, so a freshly attached read-out can warm up alone (train_only: [keypoints]);
+    # their localiser is frozen by its config either way.
+    "keypoints": "keypoints",
 }
 
 
@@ -61,10 +63,12 @@ class FinetuneConfig:
 
     ``train_only`` lists the parameter groups that train (all others freeze); ``freeze`` lists
     groups to freeze. Groups: ``und``, ``gen``, ``act`` (each expert's layers, norms and I/O),
-    ``vision`` (the ViT) and ``vae`` (always frozen).
+    ``vision`` (the ViT), ``keypoints`` (the camera keypoints' projection) and ``vae`` (always
+    frozen). ``robot`` None keeps the starting policy's robot and normalisation statistics (for
+    freezing parts of a policy on its own robot).
     """
 
-    robot: str = "new_robot"
+    robot: str | None = NEW_ROBOT
     action_dim: int | None = None
     state_dim: int | None = None
     horizon: int | None = None
@@ -224,18 +228,20 @@ class Adaptation:
 
 
 def adapt_policy(policy, config: FinetuneConfig, samples: Sequence[EmCoTSample], seed: int = 0) -> Adaptation:
-    """Resize the action space and replace the normalisation statistics with the new robot's."""
+    """Resize the action space and replace the normalisation statistics with the new robot's
+    (kept when ``config.robot`` is None)."""
     old = policy.model.config.action
     resize_action_space(policy, config.action_dim, config.state_dim, config.horizon, seed)
     new = policy.model.config.action
-    policy.processor.norm_stats = robot_norm_stats(samples, config.robot)
-    policy.processor.settings.robot = config.robot
+    if config.robot is not None:
+        policy.processor.norm_stats = robot_norm_stats(samples, config.robot)
+        policy.processor.settings.robot = config.robot
     resized = {
         k: (getattr(old, k), getattr(new, k))
         for k in ("action_dim", "state_dim", "horizon")
         if getattr(old, k) != getattr(new, k)
     }
-    return Adaptation(resized, config.robot)
+    return Adaptation(resized, config.robot or policy.processor.settings.robot or "")
 
 
 def scaled_param_groups(model: nn.Module, lr: float, lr_scale: dict[str, float]) -> list[dict]:

@@ -18,7 +18,8 @@ class GenerationOptions:
 
     ``mode`` also takes its name (``"full"``, ``"reason"``, ``"reactive"``). Steps and guidance
     scales left None take the model config's ``subgoal_sampler`` (``text_guidance``,
-    ``image_guidance``) and ``action_sampler`` (``action_text_guidance``, ``action_image_guidance``).
+    ``image_guidance``) and ``action_sampler`` (``action_text_guidance``, ``action_image_guidance``,
+    ``action_noise_scale``: the starting noise's scale, 0 for a deterministic chunk).
     """
 
     mode: TraceMode = TraceMode.FULL
@@ -33,6 +34,7 @@ class GenerationOptions:
     image_guidance: float | None = None
     action_text_guidance: float | None = None
     action_image_guidance: float | None = None
+    action_noise_scale: float | None = None
     robot: str | None = None
 
     def __post_init__(self) -> None:
@@ -50,6 +52,7 @@ class GenerationOptions:
             top_p=Range(gt=0, le=1),
             subgoal_steps=AT_LEAST_ONE,
             action_steps=AT_LEAST_ONE,
+            action_noise_scale=NON_NEGATIVE,
             **dict.fromkeys(GUIDANCE_OPTIONS, NON_NEGATIVE),
         )
 

@@ -57,6 +57,7 @@ def with_overrides(
     steps: int | None,
     text_guidance: float | None,
     image_guidance: float | None,
+    noise_scale: float | None = None,
 ) -> FlowSamplerConfig:
     """``base`` with the per-call overrides that are not None (validated again)."""
     changes: dict[str, Any] = {}
@@ -66,6 +67,8 @@ def with_overrides(
         changes["text_guidance"] = text_guidance
     if image_guidance is not None:
         changes["image_guidance"] = image_guidance
+    if noise_scale is not None:
+        changes["noise_scale"] = noise_scale
     return dataclasses.replace(base, **changes)
 
 
@@ -86,7 +89,7 @@ def denoise(
     in the layout (it never enters the cache)."""
     shape = (1, query.segment.length, query.width)
     # Drawn on the CPU, then moved, so a seed gives the same noise on every device.
-    noise = torch.randn(shape, generator=state.rng).to(model.device, model.dtype)
+    noise = torch.randn(shape, generator=state.rng).to(model.device, model.dtype) * sampler.noise_scale
     x0 = euler_sample(velocity, noise, sampler)
     state.layout.append(query.segment)
     return x0
@@ -305,6 +308,7 @@ class TraceStages:
             steps=options.action_steps,
             text_guidance=options.action_text_guidance,
             image_guidance=options.action_image_guidance,
+            noise_scale=options.action_noise_scale,
         )
         query = action_query(model)
         guidance = action_guidance(model, self.proc.special, state, sampler)

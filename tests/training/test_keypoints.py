@@ -177,3 +177,19 @@ def test_lr_scale_gives_a_module_its_own_learning_rate():
         scaled_param_groups(model, 1e-3, {"keypoint": 2.0})
     with pytest.raises(ValueError, match="optim.lr_scale.keypoints"):
         OptimConfig(lr_scale={"keypoints": -1.0})
+
+
+def test_a_fresh_read_out_can_warm_up_alone_on_the_policys_own_robot():
+    from emcot.training.finetune import FinetuneConfig, adapt_policy, set_trainable
+
+    policy = build_synthetic_policy(
+        synthetic_samples(2, seed=0), keypoints=KeypointConfig(num_keypoints=4, channels=16)
+    )
+    robot, stats = policy.processor.settings.robot, policy.processor.norm_stats.to_dict()
+    config = FinetuneConfig(robot=None, train_only=("keypoints",))
+    adaptation = adapt_policy(policy, config, synthetic_samples(2, seed=5))
+    assert policy.processor.norm_stats.to_dict() == stats and adaptation.robot == robot
+    counts = set_trainable(policy.model, config)
+    assert list(counts) == ["keypoints"]
+    trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert trainable == {"keypoints." + n for n, _ in policy.model.keypoints.named_parameters()}

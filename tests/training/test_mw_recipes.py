@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from emcot.experts.keypoints import CameraKeypoints, KeypointConfig
 from emcot.policy.policy import EmCoTPolicy
@@ -35,6 +36,7 @@ RECIPES = (
     "mw-stage2-more-small",
     "mw-stage2-aim-small",
     "mw-stage2-keypoints-small",
+    "mw-keypoints-warmup-small",
 )
 
 
@@ -121,7 +123,18 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
         result = train(recipe, tmp_path / name)
         assert result.step == 1 and np.isfinite(result.losses).all()
         trained = EmCoTPolicy.from_pretrained(result.policy_dir)
-        assert (trained.model.keypoints is not None) == (name == "mw-stage2-keypoints-small")
+        assert (trained.model.keypoints is not None) == ("keypoints" in name)
+    # The two-phase attachment: the warm-up trains the projection alone, the joint phase continues it.
+    warm = EmCoTPolicy.from_pretrained(tmp_path / "mw-keypoints-warmup-small" / "final").model.state_dict()
+    start = EmCoTPolicy.from_pretrained(tmp_path / "mw-keypoints-warmup-small" / "initial").model.state_dict()
+    moved = {k for k in warm if not torch.equal(warm[k], start[k])}
+    assert moved and all(k.startswith("keypoints.embed.") for k in moved)
+    monkeypatch.setenv("EMCOT_MW_KEYPOINT_WARMUP", str(tmp_path / "mw-keypoints-warmup-small" / "final"))
+    joint = tiny(load_recipe("mw-stage2-keypoints-joint-small"))
+    assert joint.model.keypoints is None and joint.finetune is None
+    assert train(joint, tmp_path / "joint").step == 1
+    joint_start = EmCoTPolicy.from_pretrained(tmp_path / "joint" / "initial").model.state_dict()
+    assert all(torch.equal(joint_start[k], warm[k]) for k in warm)
     reactive = load_recipe("mw-reactive-small")
     stage2 = load_recipe("mw-stage2-small")
     # Same compute: steps, token budget and optimizer; same dataset.

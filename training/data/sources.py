@@ -23,7 +23,7 @@ from emcot.training.data.emcot_samples import AnnotatedDataset, SampleConfig
 from emcot.training.data.future_frames import FutureFrameConfig, FutureFrameDataset
 from emcot.training.data.lerobot import LeRobotDataset
 from emcot.training.data.vqa import LlavaVQADataset
-from emcot.training.finetune import FinetuneConfig
+from emcot.training.finetune import NEW_ROBOT, FinetuneConfig
 from emcot.types import EmCoTSample
 
 if TYPE_CHECKING:  # recipes.py imports this module for DataSpec
@@ -140,7 +140,8 @@ def _synthetic_robot(spec: DataSpec, recipe: Recipe, horizon: int) -> Source:
         state_dim=opts.get("state_dim", ft.state_dim if ft.state_dim is not None else 4),
         horizon=opts.get("horizon", horizon),
         seed=spec.seed,
-        robot=opts.get("robot", ft.robot),
+        # A fine-tune on the policy's own robot (robot None) still names the samples' robot.
+        robot=opts.get("robot", ft.robot or NEW_ROBOT),
     )
 
 
