@@ -69,11 +69,11 @@ class FlowSamplerConfig:
         check_fields(
             self,
             shift=POSITIVE,
-            noise_scale=NON_NEGATIVE,
             num_steps=AT_LEAST_ONE,
             text_guidance=NON_NEGATIVE,
             image_guidance=NON_NEGATIVE,
             renorm_min=UNIT_INTERVAL,
+            noise_scale=NON_NEGATIVE,
         )
         interval = self.guidance_interval
         if not 0.0 <= interval[0] <= interval[1] <= 1.0:

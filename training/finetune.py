@@ -241,7 +241,7 @@ def adapt_policy(policy, config: FinetuneConfig, samples: Sequence[EmCoTSample],
         for k in ("action_dim", "state_dim", "horizon")
         if getattr(old, k) != getattr(new, k)
     }
-    return Adaptation(resized, config.robot or policy.processor.settings.robot or "")
+    return Adaptation(resized, policy.processor.settings.robot)
 
 
 def scaled_param_groups(model: nn.Module, lr: float, lr_scale: dict[str, float]) -> list[dict]:
