@@ -2,7 +2,8 @@
 
 API:
 - ``CollectConfig(tasks, out, episodes=50, seed=0, resolution=128, cameras=("corner2",),
-  storage=Storage.VIDEO, keep_failed=False, max_steps=500, max_attempts=None, action_noise=0.0)`` — ``tasks`` may
+  storage=Storage.VIDEO, keep_failed=False, max_steps=500, max_attempts=None, action_noise=0.0,
+  wander_steps=0)`` — ``tasks`` may
   name splits (``easy``, ``mt10`` …) and short names (``push``); they are expanded.
 - ``collect_metaworld(config, *, make_env=None, make_expert=None, progress=True) -> CollectSummary``;
   ``make_env(task, MetaWorldConfig)`` / ``make_expert(task)`` default to ``MetaWorldEnv`` /
@@ -17,7 +18,9 @@ Each frame holds the camera images and ``observation.state`` (``obs[:4]``) seen 
 action, the action, and the simulator columns of ``training.annotation.sim_rules`` (``sim.*``: the
 gripper opening, ``grasp_success``, ``near_object``, ``obj_to_target``, ``success``, the object
 position and the goal position, ``obs[36:39]``) as they are *after* that action. With ``action_noise`` the executed action is perturbed
-and the recorded one is the expert's (DART: the labels show recoveries; see ``record_episode``).
+and the recorded one is the expert's (DART: the labels show recoveries); with ``wander_steps`` the hand
+first wanders to random waypoints for that many steps, the expert's actions still recorded
+(:mod:`emcot.eval.recording`).
 
 Resumable: every finished attempt is saved (atomically) under ``OUT/collect-work/<task>/`` and a
 rerun reuses it, so a killed run continues where it stopped and asking for more episodes collects
@@ -34,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, overload
+from typing import Any, overload
 
 import numpy as np
 from tqdm import tqdm
@@ -42,14 +45,8 @@ from tqdm import tqdm
 from emcot.eval.envs.base import Env
 from emcot.eval.envs.metaworld import MetaWorldConfig
 from emcot.eval.envs.metaworld_tasks import expand_tasks
+from emcot.eval.recording import Attempt, Expert, record_episode
 from emcot.io_utils import AT_LEAST_ONE, NON_NEGATIVE, check_fields, parse_choice
-from emcot.training.annotation.sim_rules import (
-    GOAL_COLUMN,
-    GRIPPER_COLUMN,
-    OBJECT_COLUMN,
-    SIM_INFO_KEYS,
-    SIM_PREFIX,
-)
 from emcot.training.data.lerobot_writer import EpisodeData, WriterConfig, write_lerobot_dataset
 
 # Meta-World's control period is 5 physics steps of 2.5 ms (env.dt = 0.0125 s).
@@ -57,7 +54,7 @@ FPS = 80
 # The evaluation protocol seeds episode i of every task with 1000 + i, for up to 500 episodes.
 EVAL_SEEDS = range(1000, 1500)
 WORK_DIR = "collect-work"
-_MANIFEST_KEYS = ("resolution", "cameras", "max_steps", "action_noise")
+_MANIFEST_KEYS = ("resolution", "cameras", "max_steps", "action_noise", "wander_steps")
 
 
 class Storage(str, enum.Enum):
@@ -65,14 +62,6 @@ class Storage(str, enum.Enum):
 
     VIDEO = "video"
     IMAGE = "image"
-
-
-class Expert(Protocol):
-    """A scripted policy that reads the simulator's full observation vector."""
-
-    def action(self, raw_obs: np.ndarray) -> np.ndarray:
-        """The action for one observation."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -90,12 +79,14 @@ class CollectConfig:
     max_steps: int = 500
     max_attempts: int | None = None
     action_noise: float = 0.0
+    wander_steps: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage", parse_choice(Storage, self.storage, "camera storage"))
         check_fields(
-            self, "CollectConfig", episodes=AT_LEAST_ONE, max_steps=AT_LEAST_ONE, action_noise=NON_NEGATIVE
-        )
+            self, "CollectConfig", episodes=AT_LEAST_ONE, max_steps=AT_LEAST_ONE, action_noise=NON_NEGATIVE,
+            wander_steps=NON_NEGATIVE,
+        )  # fmt: skip
         if not self.tasks or not self.cameras:
             raise ValueError("CollectConfig needs at least one task and one camera.")
         # Split names ("easy", "mt10") and short names ("push") become the task names they stand for.
@@ -174,58 +165,6 @@ class CollectSummary:
         return "\n".join(lines)
 
 
-class Attempt(NamedTuple):
-    """One recorded attempt: whether it succeeded, and its frames (None when they were not kept)."""
-
-    success: bool
-    episode: EpisodeData | None
-
-
-def record_episode(env: Env, expert: Expert, seed: int, action_noise: float = 0.0) -> Attempt:
-    """Run ``expert`` in ``env`` from ``seed`` until the first success or the step cap.
-
-    With ``action_noise`` σ > 0 the env executes the expert's action plus N(0, σ²) on the xyz
-    dimensions (clipped to [-1, 1], seeded by ``seed``) while the expert's own action is recorded:
-    DART-style demos that show how the expert recovers from states a clean demo never visits."""
-    rng = np.random.default_rng([seed, 1])
-    observation = env.reset(seed)
-    frames: dict[str, list[np.ndarray]] = {name: [] for name in env.cameras}
-    states, actions = [], []
-    columns = (GRIPPER_COLUMN, OBJECT_COLUMN, GOAL_COLUMN, *(SIM_PREFIX + key for key in SIM_INFO_KEYS))
-    signals: dict[str, list] = {key: [] for key in columns}
-    success = False
-    for _ in range(env.max_steps):
-        action = np.asarray(expert.action(observation.raw), np.float32)
-        for name in env.cameras:
-            frames[name].append(observation.images[name])
-        states.append(observation.state)
-        actions.append(action)
-        executed = action
-        if action_noise > 0:
-            executed = action.copy()
-            executed[:3] = np.clip(action[:3] + rng.normal(0.0, action_noise, 3), -1.0, 1.0)
-        outcome = env.step(executed)
-        observation = outcome.observation
-        signals[GRIPPER_COLUMN].append(observation.raw[3])
-        signals[OBJECT_COLUMN].append(observation.raw[4:7])
-        signals[GOAL_COLUMN].append(observation.raw[36:39])
-        for key in SIM_INFO_KEYS:
-            if key not in outcome.info:
-                raise ValueError(f"the simulator's step info lacks {key!r}; it has {sorted(outcome.info)}.")
-            signals[SIM_PREFIX + key].append(float(outcome.info[key]))
-        if outcome.success or outcome.truncated:
-            success = outcome.success
-            break
-    episode = EpisodeData(
-        env.instruction,
-        np.asarray(states, np.float32),
-        np.asarray(actions, np.float32),
-        {name: np.stack(f) for name, f in frames.items()},
-        {key: np.asarray(v, np.float32) for key, v in signals.items()},
-    )
-    return Attempt(success, episode)
-
-
 class WorkFolder:
     """The attempts finished so far: one ``.npz`` per (task, seed), written atomically."""
 
@@ -242,7 +181,7 @@ class WorkFolder:
             if {key: found.get(key, defaults[key]) for key in _MANIFEST_KEYS} != wanted:
                 raise ValueError(
                     f"{self.root} holds episodes collected with {found}, not {wanted}; use the same "
-                    f"--resolution/--cameras/--max-steps/--action-noise or another --out folder."
+                    f"--resolution/--cameras/--max-steps/--action-noise/--wander-steps or another --out folder."
                 )
         else:
             manifest.write_text(json.dumps(wanted, indent=2))
@@ -365,7 +304,9 @@ class _Run:
                     if simulator is None:  # a task whose attempts are all saved never starts it
                         simulator = (self.make_env(task, config.env_config()), self.make_expert(task))
                     started = time.perf_counter()
-                    attempt = record_episode(*simulator, seed, config.action_noise)
+                    attempt = record_episode(
+                        *simulator, seed, config.action_noise, wander_steps=config.wander_steps
+                    )
                     self.summary.seconds_collecting += time.perf_counter() - started
                     self.summary.collected += 1
                     self.work.save(task, seed, attempt, with_frames=attempt.success or config.keep_failed)

@@ -5,8 +5,8 @@ The keypoints learn to read the object's and the goal's positions (the dataset's
 way the policy's processor normalises it. Attach the result with a recipe's
 ``model.keypoints: OUT`` (e.g. ``mw-stage2-keypoints-small``). Run from the repository root::
 
-    python scripts/train_camera_keypoints.py --dataset /work/data/mw-g --heldout /work/data/mw-g-held4 \\
-        --policy default --out /work/data/keypoints
+    python scripts/train_camera_keypoints.py --dataset /work/data/mw-g [/work/data/mw-wander] \\
+        --heldout /work/data/mw-g-held4 --policy default --out /work/data/keypoints
 
 ``OUT`` receives ``keypoints.safetensors`` + ``keypoint_config.json`` (read by
 ``emcot.training.keypoints.load_keypoints``), ``report.json`` (every number printed) and ``run/``
@@ -42,7 +42,12 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--dataset", type=Path, required=True, help="LeRobot dataset with the sim.* position columns"
+        "--dataset",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="LeRobot datasets with the sim.* position columns (e.g. demos, and wandering runs: "
+        "emcot collect --wander-steps, whose hand is not where the task leads it)",
     )
     parser.add_argument("--heldout", type=Path, help="another dataset (other seeds) to report errors on")
     parser.add_argument(
@@ -57,10 +62,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--point-weight",
+        type=float,
+        default=0.0,
+        help="also teach the first keypoints the object's and goal's image points, with this loss "
+        "weight (needs the [sim] extra for the camera's projection; 0: positions only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args()
+
+
+def camera_projection(camera: str, resolution: int) -> tuple[float, ...]:
+    """The Meta-World camera's world → image projection (the same in every task), row by row."""
+    from emcot.eval.envs.metaworld import MetaWorldConfig, MetaWorldEnv
+
+    with MetaWorldEnv("reach-v3", MetaWorldConfig(resolution=resolution, cameras=(camera,))) as env:
+        return tuple(env.image_projection(camera).reshape(-1).tolist())
 
 
 def main() -> None:
@@ -71,10 +91,12 @@ def main() -> None:
     camera = args.camera or policy.cameras[0]
     processor = policy.processor.vision
     started = time.perf_counter()
-    train, val = split_episodes(
-        keypoint_frames(args.dataset, camera, stride=args.stride, progress=not args.no_progress),
-        args.val_every,
-    )
+    episodes = [
+        episode
+        for dataset in args.dataset
+        for episode in keypoint_frames(dataset, camera, stride=args.stride, progress=not args.no_progress)
+    ]
+    train, val = split_episodes(episodes, args.val_every)
     print(
         f"frames: {len(train)} train, {len(val)} validation ({time.perf_counter() - started:.0f} s to decode)"
     )
@@ -85,14 +107,19 @@ def main() -> None:
     module = CameraKeypoints(config, policy.model.config.hidden_size)
     print(f"parameters: {sum(p.numel() for p in module.parameters()):,}")
     train_config = KeypointTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        projection=camera_projection(camera, len(train.images[0])) if args.point_weight else (),
+        point_weight=args.point_weight,
     )
     started = time.perf_counter()
     result = fit_keypoints(
         module, processor, train, val, train_config, out_dir=args.out / "run", progress=not args.no_progress
     )
     report = {
-        "dataset": str(args.dataset),
+        "datasets": [str(path) for path in args.dataset],
         "camera": camera,
         "policy": args.policy,
         "train_frames": len(train),

@@ -81,7 +81,9 @@ class FitRun:
         lr_hint: str,
         keep_last: int,
     ) -> None:
-        self.module, self.opt, self.out, self.identity = module, opt, out, identity
+        self.module, self.opt, self.out = module, opt, out
+        # Through JSON once, so that tuples compare equal to the lists a checkpoint reads back.
+        self.identity = json.loads(json.dumps(identity))
         self.what, self.lr_hint, self.keep_last = what, lr_hint, keep_last
         self.step, self.loss_sum, self.loss_count = 0, 0.0, 0
 

@@ -9,6 +9,13 @@ is recorded *after* each action, so the object seen in frame t is row t − 1 (r
 ``fit_keypoints`` checkpoints atomically like :func:`emcot.training.codec.fit_codec` and draws its
 batches as a function of (seed, step), so a resumed run trains exactly as an uninterrupted one.
 Errors are Euclidean distances in centimetres, per target group (object, goal) and per task.
+
+With a camera projection (``KeypointTrainConfig.projection``: the ``[3, 4]`` matrix of
+``MetaWorldEnv.image_projection``) the first keypoints are also taught *where in the frame* each
+target group is: keypoint *i*'s softmax expectation regresses target *i*'s image point. Regressing
+positions alone let the keypoints settle on whatever predicts them in a demo — the hand on its
+way there, too — so that, driving the scripted expert, the estimates ran after the hand
+(``bench/localised_expert.py``); a keypoint pinned to the object's pixels cannot.
 """
 
 from __future__ import annotations
@@ -144,13 +151,28 @@ class KeypointTrainConfig:
     eval_every: int = 250
     keep_last: int = 2
     val_frames: int = 1024
+    projection: tuple[float, ...] = ()  # 12 values, the [3, 4] matrix row by row; () = positions only
+    point_weight: float = 1.0
 
     def __post_init__(self) -> None:
         counts = ("steps", "batch_size", "checkpoint_every", "eval_every", "keep_last", "val_frames")
         bounds = {"lr": POSITIVE, "grad_clip": POSITIVE, "min_lr_ratio": UNIT_INTERVAL}
         bounds |= dict.fromkeys(counts, AT_LEAST_ONE)
-        bounds |= dict.fromkeys(("warmup_steps", "weight_decay"), NON_NEGATIVE)
+        bounds |= dict.fromkeys(("warmup_steps", "weight_decay", "point_weight"), NON_NEGATIVE)
         check_fields(self, "KeypointTrainConfig", **bounds)
+        object.__setattr__(self, "projection", tuple(float(v) for v in self.projection))
+        if self.projection and len(self.projection) != 12:
+            raise ValueError(
+                f"KeypointTrainConfig.projection must be a [3, 4] matrix (12 values), got {len(self.projection)}"
+            )
+
+
+def image_points(targets: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Target positions ``[N, 3G]`` (metres) → their image points ``[N, G, 2]`` under ``projection``
+    ``[3, 4]``, in the keypoints' [−1, 1] coordinates (outside that range: out of view)."""
+    points = targets.reshape(len(targets), -1, 3)
+    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], dim=-1) @ projection.T
+    return homogeneous[..., :2] / homogeneous[..., 2:]
 
 
 def with_target_statistics(config: KeypointConfig, targets: np.ndarray) -> KeypointConfig:
@@ -221,16 +243,30 @@ class _KeypointRun(FitRun):
             keep_last=config.keep_last,
         )
         self.keypoints = module
+        self.projection = torch.tensor(config.projection).reshape(3, 4) if config.projection else None
+        groups = module.config.targets // 3
+        if self.projection is not None and module.config.num_keypoints < groups:
+            raise ValueError(
+                f"point supervision needs a keypoint per target group ({groups}), got {module.config.num_keypoints}"
+            )
         self.schedule = Schedule(config.warmup_steps, config.steps, "cosine", config.min_lr_ratio)
 
     def train_step(self, processor: VisionImageProcessor) -> float:
-        """One AdamW step on the batch (seed, step) selects; returns its loss (MSE of normalised targets)."""
+        """One AdamW step on the batch (seed, step) selects; returns its loss: the MSE of normalised
+        targets, plus ``point_weight`` × the MSE of the first keypoints against the targets' image
+        points (those in view) when a projection is set."""
         cfg = self.config
         self.set_lr(cfg.lr * self.schedule(self.step))
         picks = epoch_batch_indices(len(self.train), cfg.batch_size, cfg.seed, self.step)
         pixels = normalised_pixels(processor, self.train.images[picks])
-        target = self.keypoints.normalise(torch.from_numpy(self.train.targets[picks]))
-        loss = (self.keypoints.locate(pixels).positions - target).pow(2).mean()
+        metres = torch.from_numpy(self.train.targets[picks])
+        found = self.keypoints.locate(pixels)
+        loss = (found.positions - self.keypoints.normalise(metres)).pow(2).mean()
+        if self.projection is not None:
+            wanted = image_points(metres, self.projection)
+            in_view = (wanted.abs() <= 1).all(dim=-1, keepdim=True)
+            error = (found.points[:, : wanted.shape[1]] - wanted).pow(2) * in_view
+            loss = loss + cfg.point_weight * error.sum() / in_view.sum().clamp(min=1) / 2
         return self.update(loss, self.params, cfg.grad_clip)
 
     def evaluate(self, processor: VisionImageProcessor, val: KeypointFrames) -> dict[str, Any]:

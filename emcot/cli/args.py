@@ -56,6 +56,11 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a whole number")
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number ≥ 0 (a count that may be zero)."""
+    return _int_at_least(text, 0, "a whole number")
+
+
 def seed_number(text: str) -> int:
     """A random seed: a whole number ≥ 0."""
     return _int_at_least(text, 0, "a seed")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from emcot.cli.args import finite_float, output_folder, positive_int, seed_number
+from emcot.cli.args import finite_float, non_negative_int, output_folder, positive_int, seed_number
 
 
 def _collect_metaworld(args: argparse.Namespace) -> int:
@@ -28,6 +28,7 @@ def _collect_metaworld(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         max_attempts=args.max_attempts,
         action_noise=args.action_noise,
+        wander_steps=args.wander_steps,
     )
     summary = collect_metaworld(config, progress=not args.no_progress)
     print(summary.format(config.episodes))
@@ -63,6 +64,12 @@ def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
         type=finite_float,
         default=0.0,
         help="σ of Gaussian noise added to the executed xyz actions; the expert's action is recorded (DART)",
+    )
+    parser.add_argument(
+        "--wander-steps",
+        type=non_negative_int,
+        default=0,
+        help="first drive the hand to random waypoints for this many steps, recording the expert's actions",
     )
     parser.add_argument("--no-progress", action="store_true")
 

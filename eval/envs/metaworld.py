@@ -137,6 +137,11 @@ class MetaWorldEnv:
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self._env.seed(int(seed))
         raw, _ = self._env.reset()
+        # Meta-World moves its target sites (the goal marker) to the new goal only inside step():
+        # until then the first frame showed the previous episode's goal, so what a policy saw first
+        # depended on which episode its worker ran before.
+        for site in self._env._target_site_config:
+            self._env._set_pos_site(*site)
         self._raw = np.asarray(raw, np.float64)
         self._steps = 0
         self._success = False
@@ -155,6 +160,28 @@ class MetaWorldEnv:
         self._renderer.update_scene(self._env.data, camera=camera)
         frame = self._renderer.render()
         return np.ascontiguousarray(np.flip(frame, (0, 1))) if CAMERAS[camera].flip else frame
+
+    def image_projection(self, camera: str) -> np.ndarray:
+        """The ``[3, 4]`` matrix P that maps a world point p (metres) to where ``camera``'s upright
+        frame shows it: ``(x, y) = (P @ [p, 1])[:2] / (P @ [p, 1])[2]``, in [−1, 1] from the left and
+        the top edge (the convention of the keypoints' spatial softmax)."""
+        import mujoco
+
+        if camera not in self.cameras:
+            raise ValueError(f"camera {camera!r} is not rendered here; this env renders {list(self.cameras)}")
+        model = self._env.model
+        index = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        # Kinematics on a scratch copy: the env's own data holds the goal marker where reset put it.
+        scratch = mujoco.MjData(model)
+        mujoco.mj_kinematics(model, scratch)
+        mujoco.mj_camlight(model, scratch)
+        rotation = scratch.cam_xmat[index].reshape(3, 3)  # columns: the camera's x (right), y (up), z (back)
+        world_to_camera = np.hstack([rotation.T, -rotation.T @ scratch.cam_xpos[index][:, None]])
+        focal = 1.0 / math.tan(math.radians(model.cam_fovy[index]) / 2)
+        # Image x grows to the right and y downward, the camera looks along −z; a flipped frame is
+        # turned 180°, which negates both image coordinates.
+        sign = -1.0 if CAMERAS[camera].flip else 1.0
+        return np.diag([sign * focal, -sign * focal, -1.0]) @ world_to_camera
 
     def step(self, action: np.ndarray) -> StepOutcome:
         """Apply one 4-d action (clipped to [−1, 1]); the cap ends the episode with ``truncated``."""

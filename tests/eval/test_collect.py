@@ -15,6 +15,7 @@ from emcot.cli.collect import add_collect_arguments, run_collect
 from emcot.eval.collect import WORK_DIR, CollectConfig, collect_metaworld
 from emcot.eval.envs.base import EnvObservation, StepOutcome
 from emcot.eval.envs.metaworld_tasks import TASK_DESCRIPTIONS
+from emcot.eval.recording import record_episode
 from emcot.training.annotation.annotations import read_annotations
 from emcot.training.annotation.sim_rules import (
     GOAL_COLUMN,
@@ -247,22 +248,24 @@ def test_emcot_annotate_rule_backend_on_a_collected_dataset(collected, tmp_path)
         assert "I first move my gripper" in annotation.subtasks[0].reasoning
 
 
+class LoggingEnv(FakeEnv):
+    """The fake env, remembering every action it executed."""
+
+    def __init__(self, max_steps: int = FakeEnv.max_steps):
+        super().__init__("push-v3", None)
+        self.max_steps, self.executed = max_steps, []
+
+    def step(self, action):
+        self.executed.append(np.asarray(action).copy())
+        return super().step(action)
+
+
+class ReachingExpert(FakeExpert):
+    def action(self, raw):
+        return np.array([0.5, -0.2, 0.1, 1.0], np.float32)
+
+
 def test_action_noise_perturbs_what_runs_and_records_the_experts_action(tmp_path):
-    from emcot.eval.collect import record_episode
-
-    class LoggingEnv(FakeEnv):
-        def __init__(self):
-            super().__init__("push-v3", None)
-            self.executed = []
-
-        def step(self, action):
-            self.executed.append(np.asarray(action).copy())
-            return super().step(action)
-
-    class ReachingExpert(FakeExpert):
-        def action(self, raw):
-            return np.array([0.5, -0.2, 0.1, 1.0], np.float32)
-
     env = LoggingEnv()
     noisy = record_episode(env, ReachingExpert("push"), seed=2, action_noise=0.3)
     np.testing.assert_array_equal(noisy.episode.actions, np.tile(np.float32([0.5, -0.2, 0.1, 1.0]), (3, 1)))
@@ -282,3 +285,36 @@ def test_action_noise_perturbs_what_runs_and_records_the_experts_action(tmp_path
         _fake(tmp_path / "ds", runs)
     with pytest.raises(ValueError, match="action_noise"):
         CollectConfig(tasks=("push",), out=str(tmp_path / "x"), action_noise=-1.0)
+
+
+def test_wandering_drives_the_hand_elsewhere_first_and_records_the_experts_action(tmp_path):
+    from emcot.eval.recording import WANDER_HIGH, WANDER_LOW, Wanderer
+
+    env = LoggingEnv(max_steps=60)
+    attempt = record_episode(env, ReachingExpert("push"), seed=1, wander_steps=40)
+    assert len(attempt.episode.actions) == 60 and not attempt.success
+    np.testing.assert_array_equal(
+        attempt.episode.actions, np.tile(np.float32([0.5, -0.2, 0.1, 1.0]), (60, 1))
+    )
+    executed = np.stack(env.executed)
+    np.testing.assert_array_equal(executed[40:], attempt.episode.actions[40:])  # then the expert drives
+    assert not (executed[:40] == attempt.episode.actions[:40]).all(axis=1).any()
+    assert (np.abs(executed) <= 1.0).all() and set(np.unique(executed[:40, 3])) <= {-1.0, 1.0}
+    again = LoggingEnv(max_steps=60)
+    record_episode(again, ReachingExpert("push"), seed=1, wander_steps=40)
+    np.testing.assert_array_equal(np.stack(again.executed), executed)  # seeded by the episode seed
+    # The wanderer steers toward its waypoint: from the box's low corner every move is positive.
+    wanderer = Wanderer(np.random.default_rng(0))
+    move = wanderer.action(np.r_[WANDER_LOW - 0.01, np.zeros(36)])
+    assert (
+        (move[:3] > 0).all()
+        and (WANDER_LOW <= wanderer.target).all()
+        and (wanderer.target <= WANDER_HIGH).all()
+    )
+    # a work folder remembers its wandering, and a negative count is refused by name
+    runs: list = []
+    _fake(tmp_path / "ds", runs, wander_steps=5)
+    with pytest.raises(ValueError, match="collected with"):
+        _fake(tmp_path / "ds", runs)
+    with pytest.raises(ValueError, match="wander_steps"):
+        CollectConfig(tasks=("push",), out=str(tmp_path / "x"), wander_steps=-1)

@@ -69,6 +69,33 @@ def test_the_same_seed_gives_the_same_first_frame(env):
     assert first.raw.shape == (39,)
 
 
+def test_the_first_frame_shows_this_episodes_goal_not_the_last_ones():
+    """Meta-World moves the goal marker only inside step(); reset places it, so the first frame
+    of an episode is the same whichever episode ran before."""
+    config = MetaWorldConfig(resolution=64)
+    with MetaWorldEnv("reach-v3", config) as fresh, MetaWorldEnv("reach-v3", config) as used:
+        used.reset(1003)
+        used.step(np.zeros(4))
+        first = used.reset(1001).images["corner2"]
+        np.testing.assert_array_equal(first, fresh.reset(1001).images["corner2"])
+        goal = used.reset(1002).raw[36:39]
+        np.testing.assert_allclose(used._env.data.site("goal").xpos, goal)  # where step() would put it
+
+
+def test_the_image_projection_lands_on_the_goal_marker():
+    with MetaWorldEnv("reach-v3", MetaWorldConfig(resolution=128)) as env:
+        projection = env.image_projection("corner2")
+        for seed in (1000, 1001, 1002):
+            observation = env.reset(seed)
+            point = projection @ np.r_[observation.raw[36:39], 1.0]
+            x, y = point[:2] / point[2]
+            col, row = int((x + 1) / 2 * 128), int((y + 1) / 2 * 128)
+            r, g, b = observation.images["corner2"][row, col].astype(int)
+            assert r > 180 and g < 70 and b < 70, (seed, col, row, (r, g, b))  # the bright red sphere
+        with pytest.raises(ValueError, match="not rendered here"):
+            env.image_projection("gripperPOV")
+
+
 def _wood(region: np.ndarray) -> float:
     """Share of pixels with the table's brown (red > green > blue, a moderate red-blue gap)."""
     r, g, b = (region[..., i].astype(int) for i in range(3))

@@ -193,3 +193,44 @@ def test_a_fresh_read_out_can_warm_up_alone_on_the_policys_own_robot():
     assert list(counts) == ["keypoints"]
     trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}
     assert trainable == {"keypoints." + n for n, _ in policy.model.keypoints.named_parameters()}
+
+
+# The square's image point from its position in metres: its centre is 2 px right of and below
+# (100 x, 100 y), and the keypoints' coordinates run from −1 to 1 across the 32 px frame.
+SQUARE_PROJECTION = (6.25, 0, 0, 4 / SIDE - 1, 0, 6.25, 0, 4 / SIDE - 1, 0, 0, 0, 1)
+
+
+def test_image_points_project_the_square_onto_its_pixels(dataset):
+    from emcot.training.keypoints import image_points
+
+    frames = keypoint_frames(dataset, "head")[0]
+    points = image_points(torch.from_numpy(frames.targets), torch.tensor(SQUARE_PROJECTION).reshape(3, 4))
+    assert points.shape == (T, 2, 2)
+    for t in range(1, T):  # frame 0 takes row 0, one pixel ahead (see the first test)
+        row, col = np.argwhere(frames.images[t, :, :, 0] == 255).mean(0) + 0.5  # pixel centres
+        assert points[t, 0].tolist() == pytest.approx([col / SIDE * 2 - 1, row / SIDE * 2 - 1], abs=1e-5)
+    with pytest.raises(ValueError, match="12 values"):
+        KeypointTrainConfig(projection=(1.0, 2.0))
+
+
+def test_point_supervision_pins_the_first_keypoint_to_the_object(dataset, policy, tmp_path):
+    from emcot.training.keypoints import image_points, normalised_pixels
+
+    train, val = split_episodes(keypoint_frames(dataset, "head"), 5)
+    projection = torch.tensor(SQUARE_PROJECTION).reshape(3, 4)
+    wanted = image_points(torch.from_numpy(val.targets), projection)[:, 0]
+    pixels = normalised_pixels(policy.processor.vision, val.images)
+    off_px = {}
+    for name, weight in (("positions only", 0.0), ("with points", 1.0)):
+        module = _module(train, policy.model.config.hidden_size)
+        config = KeypointTrainConfig(
+            steps=300, batch_size=32, lr=3e-3, warmup_steps=20, eval_every=300, checkpoint_every=300,
+            projection=SQUARE_PROJECTION if weight else (), point_weight=weight,
+        )  # fmt: skip
+        fit_keypoints(
+            module, policy.processor.vision, train, val, config, out_dir=tmp_path / name, progress=False
+        )
+        with torch.no_grad():
+            first = module.locate(pixels).points[:, 0]
+        off_px[name] = float((first - wanted).norm(dim=-1).mean() * SIDE / 2)
+    assert off_px["with points"] < 1.5 and off_px["positions only"] > 2 * off_px["with points"], off_px

@@ -135,6 +135,24 @@ def test_each_recipe_builds_its_sources_and_trains_a_step(mw_data, tmp_path, mon
     assert train(joint, tmp_path / "joint").step == 1
     joint_start = EmCoTPolicy.from_pretrained(tmp_path / "joint" / "initial").model.state_dict()
     assert all(torch.equal(joint_start[k], warm[k]) for k in warm)
+    # The wandering variant: the joint phase exactly, plus action chunks of the wandering runs.
+    monkeypatch.setenv("EMCOT_MW_WANDER", str(tmp_path / "wander-data"))
+    wander, joint_full = (
+        load_recipe("mw-stage2-keypoints-wander-small"),
+        load_recipe("mw-stage2-keypoints-joint-small"),
+    )
+    extra = [d for d in wander.data.datasets if d not in joint_full.data.datasets]
+    assert [(d.kind, d.path, d.options) for d in extra] == [
+        ("lerobot", str(tmp_path / "wander-data"), {"mode": "action"})
+    ]
+    assert len(wander.data.datasets) == len(joint_full.data.datasets) + 1
+    assert (wander.model, wander.optim, wander.train) == (
+        joint_full.model,
+        joint_full.optim,
+        joint_full.train,
+    )
+    monkeypatch.setenv("EMCOT_MW_WANDER", str(mw_data[0]))
+    assert train(tiny(load_recipe("mw-stage2-keypoints-wander-small")), tmp_path / "wander").step == 1
     reactive = load_recipe("mw-reactive-small")
     stage2 = load_recipe("mw-stage2-small")
     # Same compute: steps, token budget and optimizer; same dataset.
