@@ -111,7 +111,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        projection=camera_projection(camera, len(train.images[0])) if args.point_weight else (),
+        projection=camera_projection(camera, train.images.shape[1]) if args.point_weight else (),
         point_weight=args.point_weight,
     )
     started = time.perf_counter()
@@ -122,6 +122,7 @@ def main() -> None:
         "datasets": [str(path) for path in args.dataset],
         "camera": camera,
         "policy": args.policy,
+        "point_weight": args.point_weight,
         "train_frames": len(train),
         "val_frames": len(val),
         "steps": result.step,

@@ -127,8 +127,13 @@ def _private_reaches(path: Path) -> list[str]:
     return out
 
 
-# Meta-World's evaluation protocol is set through this attribute of the simulator (not ours).
-SIMULATOR_PROTOCOL = {"self._env._freeze_rand_vec"}
+# Meta-World's evaluation protocol is set through these attributes of the simulator (not ours): its
+# seeding, and the goal marker that only its step() places (MetaWorldEnv.reset places it too).
+SIMULATOR_PROTOCOL = {
+    "self._env._freeze_rand_vec",
+    "self._env._target_site_config",
+    "self._env._set_pos_site",
+}
 
 
 def test_runtime_serving_and_eval_use_only_public_attributes():
